@@ -1,0 +1,273 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Keyring routes wrap and unwrap requests among providers. Its primary
+// provider wraps new DEKs; decrypt-only providers open older wraps (another
+// vault, or a KEK being migrated away from). Unwrap routes each stanza by the
+// provider type and key id written in it, never by trial decryption; the
+// provider then selects the exact KEK version the stanza names.
+//
+// A Keyring is safe for concurrent use.
+type Keyring struct {
+	primary   KeyProvider
+	providers map[KeyRef]KeyProvider
+	order     []KeyRef // primary first, then decrypt-only in the order given
+}
+
+// NewKeyring returns a keyring whose primary provider is primary and which
+// can also unwrap with decryptOnly. Two providers with the same Ref are an
+// error.
+func NewKeyring(primary KeyProvider, decryptOnly ...KeyProvider) (*Keyring, error) {
+	if primary == nil {
+		return nil, errors.New("keyring: no primary provider")
+	}
+	r := &Keyring{primary: primary, providers: map[KeyRef]KeyProvider{}}
+	for _, p := range append([]KeyProvider{primary}, decryptOnly...) {
+		if p == nil {
+			return nil, errors.New("keyring: nil provider")
+		}
+		ref := p.Ref()
+		if _, dup := r.providers[ref]; dup {
+			return nil, fmt.Errorf("keyring: provider %s configured twice", ref)
+		}
+		r.providers[ref] = p
+		r.order = append(r.order, ref)
+	}
+	return r, nil
+}
+
+// Primary returns the provider that wraps new DEKs.
+func (r *Keyring) Primary() KeyProvider { return r.primary }
+
+// Provider returns the provider configured for ref, if any.
+func (r *Keyring) Provider(ref KeyRef) (KeyProvider, bool) {
+	p, ok := r.providers[ref]
+	return p, ok
+}
+
+// Refs returns the Refs of all configured providers, primary first.
+func (r *Keyring) Refs() []KeyRef { return append([]KeyRef(nil), r.order...) }
+
+// Wrap wraps dek under the primary provider's current KEK version with ec
+// bound, and returns a wrapped key with that one stanza.
+func (r *Keyring) Wrap(ctx context.Context, dek DEK, ec Context) (*WrappedKey, error) {
+	s, err := r.wrapStanza(ctx, r.primary, dek, ec)
+	if err != nil {
+		return nil, err
+	}
+	return &WrappedKey{Stanzas: []Stanza{s}}, nil
+}
+
+// GenerateDEK returns a fresh DEK and its wrap under the primary provider. If
+// the primary implements DataKeyGenerator the vault generates the key;
+// otherwise it comes from crypto/rand.
+func (r *Keyring) GenerateDEK(ctx context.Context, ec Context) (DEK, *WrappedKey, error) {
+	if err := ec.Validate(); err != nil {
+		return nil, nil, err
+	}
+	if g, ok := r.primary.(DataKeyGenerator); ok {
+		dek, s, err := g.GenerateDataKey(ctx, ec)
+		if err == nil {
+			if err := checkStanza(r.primary, s); err != nil {
+				dek.Zero()
+				return nil, nil, err
+			}
+			return dek, &WrappedKey{Stanzas: []Stanza{s}}, nil
+		}
+		if !errors.Is(err, ErrUnsupported) {
+			return nil, nil, fmt.Errorf("provider %s: generate data key: %w", r.primary.Ref(), err)
+		}
+	}
+	dek, err := NewDEK()
+	if err != nil {
+		return nil, nil, err
+	}
+	wk, err := r.Wrap(ctx, dek, ec)
+	if err != nil {
+		dek.Zero()
+		return nil, nil, err
+	}
+	return dek, wk, nil
+}
+
+func (r *Keyring) wrapStanza(ctx context.Context, p KeyProvider, dek DEK, ec Context) (Stanza, error) {
+	if err := dek.Validate(); err != nil {
+		return Stanza{}, err
+	}
+	if err := ec.Validate(); err != nil {
+		return Stanza{}, err
+	}
+	s, err := p.WrapKey(ctx, dek, ec)
+	if err != nil {
+		return Stanza{}, fmt.Errorf("provider %s: wrap: %w", p.Ref(), err)
+	}
+	if err := checkStanza(p, s); err != nil {
+		return Stanza{}, err
+	}
+	return s, nil
+}
+
+// checkStanza verifies that a provider returned a valid stanza under its own
+// Ref, so a buggy or hostile plugin cannot produce a record that routes
+// elsewhere.
+func checkStanza(p KeyProvider, s Stanza) error {
+	if s.Ref() != p.Ref() {
+		return fmt.Errorf("provider %s returned a wrap naming %s", p.Ref(), s.Ref())
+	}
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("provider %s returned an invalid wrap: %w", p.Ref(), err)
+	}
+	return nil
+}
+
+// Unwrap returns the DEK of wk, opened with ec by the first stanza, in
+// record order, whose provider is configured. If a configured provider fails
+// on its stanza, the next configured stanza is tried; the error then joins
+// every failure. When no stanza names a configured provider the error wraps
+// ErrNoProvider and names what the record asks for and what is configured.
+func (r *Keyring) Unwrap(ctx context.Context, wk *WrappedKey, ec Context) (DEK, error) {
+	if err := ec.Validate(); err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, s := range wk.Stanzas {
+		p, ok := r.providers[s.Ref()]
+		if !ok {
+			continue
+		}
+		dek, err := p.UnwrapKey(ctx, s, ec)
+		if err == nil {
+			if verr := dek.Validate(); verr != nil {
+				dek.Zero()
+				err = fmt.Errorf("returned a bad DEK: %w", verr)
+			} else {
+				return dek, nil
+			}
+		}
+		errs = append(errs, fmt.Errorf("provider %s: unwrap with key version %q: %w", s.Ref(), s.KeyVersion, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 0 {
+		return nil, r.noProvider(wk)
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (r *Keyring) noProvider(wk *WrappedKey) error {
+	asked := make([]string, len(wk.Stanzas))
+	for i, s := range wk.Stanzas {
+		asked[i] = fmt.Sprintf("%s version %q", s.Ref(), s.KeyVersion)
+	}
+	have := make([]string, len(r.order))
+	for i, ref := range r.order {
+		have[i] = ref.String()
+	}
+	return fmt.Errorf("wrapped key asks for %s; configured: %s: %w",
+		strings.Join(asked, ", "), strings.Join(have, ", "), ErrNoProvider)
+}
+
+// RewrapStatus says what Rewrap did.
+type RewrapStatus int
+
+// Outcomes of Rewrap.
+const (
+	// RewrapFailed: nothing changed; the error says why.
+	RewrapFailed RewrapStatus = iota
+	// AlreadyCurrent: the record already had a wrap under the primary
+	// provider's current KEK version; it is returned unchanged.
+	AlreadyCurrent
+	// Rewrapped: a wrap under the primary's current KEK version replaced the
+	// primary KEK's older wraps.
+	Rewrapped
+)
+
+// String names the status.
+func (s RewrapStatus) String() string {
+	switch s {
+	case AlreadyCurrent:
+		return "already-current"
+	case Rewrapped:
+		return "rewrapped"
+	default:
+		return "failed"
+	}
+}
+
+// Rewrapper moves wrapped keys onto the primary provider's current KEK
+// version. It reads the current version once; create a new one after
+// rotating.
+type Rewrapper struct {
+	ring    *Keyring
+	current string
+}
+
+// NewRewrapper returns a Rewrapper for r, reading the primary's current KEK
+// version now.
+func (r *Keyring) NewRewrapper(ctx context.Context) (*Rewrapper, error) {
+	v, err := r.primary.CurrentVersion(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("provider %s: current version: %w", r.primary.Ref(), err)
+	}
+	return &Rewrapper{ring: r, current: v}, nil
+}
+
+// Rewrap returns wk moved onto the primary provider's current KEK version.
+//
+// If wk already has a stanza under that version it is returned unchanged with
+// AlreadyCurrent. Otherwise the DEK is opened (with any configured provider),
+// wrapped under the primary, and the new wrap is verified by unwrapping it and
+// comparing with the original DEK before the result is built: the new stanza
+// replaces the primary KEK's older stanzas and is placed first; stanzas of
+// other KEKs are kept. wk itself is never modified, so a failure at any point
+// loses nothing.
+func (rw *Rewrapper) Rewrap(ctx context.Context, wk *WrappedKey, ec Context) (*WrappedKey, RewrapStatus, error) {
+	primary := rw.ring.primary
+	ref := primary.Ref()
+	for _, s := range wk.Stanzas {
+		if s.Ref() == ref && s.KeyVersion == rw.current {
+			return wk, AlreadyCurrent, nil
+		}
+	}
+	dek, err := rw.ring.Unwrap(ctx, wk, ec)
+	if err != nil {
+		return nil, RewrapFailed, err
+	}
+	defer dek.Zero()
+	s, err := rw.ring.wrapStanza(ctx, primary, dek, ec)
+	if err != nil {
+		return nil, RewrapFailed, err
+	}
+	check, err := primary.UnwrapKey(ctx, s, ec)
+	if err != nil {
+		return nil, RewrapFailed, fmt.Errorf("provider %s: verify new wrap: %w", ref, err)
+	}
+	same := check.Equal(dek)
+	check.Zero()
+	if !same {
+		return nil, RewrapFailed, fmt.Errorf("provider %s: verify new wrap: unwrapped to a different DEK", ref)
+	}
+	if s.KeyVersion != rw.current {
+		// The primary rotated since this Rewrapper started; the result is
+		// still valid, only newer than expected.
+		rw.current = s.KeyVersion
+	}
+	out := &WrappedKey{Stanzas: make([]Stanza, 0, len(wk.Stanzas)+1)}
+	out.Stanzas = append(out.Stanzas, s)
+	for _, o := range wk.Stanzas {
+		if o.Ref() != ref {
+			out.Stanzas = append(out.Stanzas, o)
+		}
+	}
+	if len(out.Stanzas) > MaxStanzas {
+		return nil, RewrapFailed, fmt.Errorf("rewrap: result would hold %d wraps, limit %d: %w", len(out.Stanzas), MaxStanzas, ErrMalformed)
+	}
+	return out, Rewrapped, nil
+}

@@ -1,0 +1,3 @@
+module github.com/keyctl/keyctl
+
+go 1.26
