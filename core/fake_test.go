@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/keyctl/keyctl/core"
 )
@@ -119,3 +120,5 @@ func (p *memProvider) UnwrapKey(ctx context.Context, s core.Stanza, ec core.Cont
 	}
 	return out, nil
 }
+
+var testNow = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
