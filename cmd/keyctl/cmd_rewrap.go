@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keyctl/keyctl/core"
+)
+
+// rewrapItem is the outcome for one wrapped key.
+type rewrapItem struct {
+	File       string `json:"file,omitempty"`
+	Line       int    `json:"line,omitempty"`
+	DEKID      string `json:"dek_id,omitempty"`
+	Status     string `json:"status"` // rewrapped, already-current, failed
+	KeyVersion string `json:"key_version,omitempty"`
+	WrappedKey string `json:"wrapped_key,omitempty"` // stdin mode
+	Error      string `json:"error,omitempty"`
+
+	err error
+}
+
+type rewrapSummary struct {
+	Rewrapped      int          `json:"rewrapped"`
+	AlreadyCurrent int          `json:"already_current"`
+	Failed         int          `json:"failed"`
+	Provider       string       `json:"provider"`
+	KeyVersion     string       `json:"key_version"`
+	Results        []rewrapItem `json:"results"`
+}
+
+func (s *rewrapSummary) add(it rewrapItem) {
+	switch it.Status {
+	case core.Rewrapped.String():
+		s.Rewrapped++
+	case core.AlreadyCurrent.String():
+		s.AlreadyCurrent++
+	default:
+		s.Failed++
+		if it.err != nil {
+			it.Error = oneLine(it.err.Error())
+		}
+	}
+	s.Results = append(s.Results, it)
+}
+
+func (s *rewrapSummary) line() string {
+	return fmt.Sprintf("rewrapped %d, already current %d, failed %d", s.Rewrapped, s.AlreadyCurrent, s.Failed)
+}
+
+// status returns nil when nothing failed, else an exitStatus: 2 when every
+// failure is a usage or input error, 1 otherwise.
+func (s *rewrapSummary) status() error {
+	if s.Failed == 0 {
+		return nil
+	}
+	code := exitUsage
+	for _, it := range s.Results {
+		if it.err != nil && exitCode(&commandError{err: it.err}) != exitUsage {
+			code = exitFailure
+		}
+	}
+	return &exitStatus{code: code, msg: s.line()}
+}
+
+func (a *app) rewrapCommand() *cobra.Command {
+	var ctxPairs []string
+	var keyset bool
+	c := &cobra.Command{
+		Use:   "rewrap [FILE...] [--context k=v ...] [--keyset]",
+		Short: "Move wrapped keys onto the primary KEK's current version",
+		Long: `Rewrap wrapped keys onto the keyring primary's current KEK version (after
+'keyctl rotate', or to move them onto another vault). The DEK inside does not
+change, so data encrypted under it needs no re-encryption. Each new wrap is
+verified by unwrapping it before anything is written.
+
+  FILE...    each file holds one wrapped key (text or binary form) and is
+             rewritten in place, atomically and in the same form, only when
+             it changed;
+  (no FILE)  reads one text wrapped key per line on stdin and prints the
+             results one per line, in order (a line that fails is printed
+             unchanged; blank lines are kept);
+  --keyset   rewraps every DEK of the configured keyset (each with its own
+             encryption context) and saves the keyset atomically.
+
+The summary "rewrapped N, already current N, failed N" goes to stdout, or to
+stderr when stdout carries wrapped keys; each failure is reported on stderr
+with its reason. Exit status: 0 if nothing failed, 2 if every failure was an
+input error, 1 otherwise. Interrupting rewrap loses nothing: run it again.`,
+		Example: `  keyctl rotate && keyctl rewrap app.wk billing.wk
+  keyctl rewrap < wrapped-keys.txt > rewrapped.txt
+  keyctl rewrap --keyset`,
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			if keyset && len(args) > 0 {
+				return usagef("rewrap: --keyset takes no FILE arguments")
+			}
+			if keyset && len(ctxPairs) > 0 {
+				return usagef("rewrap: --keyset uses each DEK's own context; --context does not apply")
+			}
+			ec, err := parseContext(ctxPairs)
+			if err != nil {
+				return err
+			}
+			ring, err := a.keyring()
+			if err != nil {
+				return err
+			}
+			rw, err := ring.NewRewrapper(a.ctx)
+			if err != nil {
+				return err
+			}
+			a.primaryRef = ring.Primary().Ref()
+			current, _ := ring.Primary().CurrentVersion(a.ctx)
+			sum := &rewrapSummary{Provider: ring.Primary().Ref().String(), KeyVersion: current, Results: []rewrapItem{}}
+			switch {
+			case keyset:
+				err = a.rewrapKeyset(ring, rw, sum)
+			case len(args) > 0:
+				err = a.rewrapFiles(rw, args, ec, sum)
+			default:
+				err = a.rewrapStdin(rw, ec, sum)
+			}
+			if err != nil {
+				return err
+			}
+			toStderr := !keyset && len(args) == 0
+			for _, it := range sum.Results {
+				if it.err != nil {
+					where := it.File
+					switch {
+					case it.Line > 0:
+						where = fmt.Sprintf("stdin line %d", it.Line)
+					case it.DEKID != "":
+						where = "keyset DEK " + it.DEKID
+					}
+					fmt.Fprintln(a.stderr, errorLine(fmt.Errorf("rewrap %s: %w", where, it.err)))
+				}
+			}
+			if a.jsonOut {
+				a.emitJSON(sum)
+			} else if toStderr {
+				fmt.Fprintln(a.stderr, sum.line())
+			} else {
+				a.printf("%s\n", sum.line())
+			}
+			return sum.status()
+		}),
+	}
+	c.Flags().StringArrayVar(&ctxPairs, "context", nil, "encryption context pair key=value the keys were wrapped with (repeatable)")
+	c.Flags().BoolVar(&keyset, "keyset", false, "rewrap every DEK of the configured keyset")
+	return c
+}
+
+// rewrapOne rewraps wk and fills the item's status.
+func rewrapOne(a *app, rw *core.Rewrapper, wk *core.WrappedKey, ec core.Context, it *rewrapItem) *core.WrappedKey {
+	ref := a.primaryRef
+	out, st, err := rw.Rewrap(a.ctx, wk, ec)
+	if err != nil {
+		it.Status, it.err = core.RewrapFailed.String(), err
+		return nil
+	}
+	it.Status = st.String()
+	it.KeyVersion = out.Stanzas[0].KeyVersion
+	for _, s := range out.Stanzas {
+		if s.Ref() == ref {
+			it.KeyVersion = s.KeyVersion
+			break
+		}
+	}
+	return out
+}
+
+func (a *app) rewrapFiles(rw *core.Rewrapper, files []string, ec core.Context, sum *rewrapSummary) error {
+	for _, f := range files {
+		if err := a.ctx.Err(); err != nil {
+			return err
+		}
+		it := rewrapItem{File: f}
+		wk, binary, err := a.readWrappedKey(f)
+		if err != nil {
+			it.Status, it.err = core.RewrapFailed.String(), err
+			sum.add(it)
+			continue
+		}
+		out := rewrapOne(a, rw, wk, ec, &it)
+		if out != nil && it.Status == core.Rewrapped.String() {
+			var data []byte
+			if binary {
+				data, err = out.MarshalBinary()
+			} else {
+				data, err = out.MarshalText()
+				data = append(data, '\n')
+			}
+			if err == nil {
+				err = writeFileAtomic(f, data, fileMode(f, 0o600), true)
+			}
+			if err != nil {
+				it.Status, it.err = core.RewrapFailed.String(), fmt.Errorf("%s: %w", f, err)
+			}
+		}
+		sum.add(it)
+	}
+	return nil
+}
+
+func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummary) error {
+	sc := bufio.NewScanner(a.stdin)
+	sc.Buffer(make([]byte, 0, 64<<10), core.MaxWrappedKeyText+16)
+	var out bytes.Buffer
+	n := 0
+	for sc.Scan() {
+		n++
+		line := sc.Text()
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "" {
+			out.WriteString(line + "\n")
+			continue
+		}
+		it := rewrapItem{Line: n}
+		wk, err := core.ParseWrappedKey([]byte(trimmed))
+		if err != nil {
+			it.Status, it.err = core.RewrapFailed.String(), err
+			it.WrappedKey = trimmed
+			sum.add(it)
+			out.WriteString(line + "\n")
+			continue
+		}
+		res := rewrapOne(a, rw, wk, ec, &it)
+		text := trimmed
+		if res != nil {
+			t, err := res.MarshalText()
+			if err != nil {
+				it.Status, it.err = core.RewrapFailed.String(), err
+			} else {
+				text = string(t)
+			}
+		}
+		it.WrappedKey = text
+		sum.add(it)
+		out.WriteString(text + "\n")
+		if err := a.ctx.Err(); err != nil {
+			break
+		}
+	}
+	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return fmt.Errorf("stdin line %d: longer than the largest wrapped key (%d bytes): %w", n+1, core.MaxWrappedKeyText, core.ErrMalformed)
+		}
+		return fmt.Errorf("read stdin: %w", err)
+	}
+	if !a.jsonOut {
+		_, _ = a.stdout.Write(out.Bytes())
+	}
+	return a.ctx.Err()
+}
+
+func (a *app) rewrapKeyset(ring *core.Keyring, rw *core.Rewrapper, sum *rewrapSummary) error {
+	ks, path, err := a.loadKeyset()
+	if err != nil {
+		return err
+	}
+	changed := false
+	for i := range ks.DEKs {
+		if err := a.ctx.Err(); err != nil {
+			break
+		}
+		e := &ks.DEKs[i]
+		it := rewrapItem{DEKID: fmt.Sprintf("%08x", e.ID)}
+		out := rewrapOne(a, rw, e.Wrapped, e.Context(), &it)
+		if out != nil && it.Status == core.Rewrapped.String() {
+			e.Wrapped = out
+			changed = true
+		}
+		sum.add(it)
+	}
+	if changed {
+		if err := a.saveKeyset(ks, path); err != nil {
+			return err
+		}
+	}
+	return a.ctx.Err()
+}
+
+// saveKeyset writes ks to path atomically, keeping the file's mode.
+func (a *app) saveKeyset(ks *core.Keyset, path string) error {
+	data, err := ks.Marshal()
+	if err != nil {
+		return fmt.Errorf("keyset %s: %w", path, err)
+	}
+	if err := writeFileAtomic(path, data, fileMode(path, 0o600), true); err != nil {
+		return fmt.Errorf("keyset: %w", err)
+	}
+	return nil
+}
+
+// loadKeyset reads the configured keyset file.
+func (a *app) loadKeyset() (*core.Keyset, string, error) {
+	cfg, err := a.config()
+	if err != nil {
+		return nil, "", err
+	}
+	path := cfg.Keyset.File
+	b, err := readFileLimit(path, core.MaxKeysetBytes)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, path, withHint(usagef("keyset %s does not exist", path), "run `keyctl init` to create one, or fix the keyset block of "+cfg.Path)
+		}
+		return nil, path, fmt.Errorf("keyset: %w", err)
+	}
+	ks, err := core.ParseKeyset(b)
+	if err != nil {
+		return nil, path, fmt.Errorf("%s: %w", path, err)
+	}
+	return ks, path, nil
+}
