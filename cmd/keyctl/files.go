@@ -70,7 +70,11 @@ func writeFileAtomic(path string, data []byte, perm fs.FileMode, replace bool) (
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("write %s: %v", path, pathErr(err))
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("write %s: in directory %s: %w", path, dir, pe.Err)
+		}
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	tmpName := tmp.Name()
 	defer func() {
@@ -122,9 +126,16 @@ func syncDir(dir string) {
 	}
 }
 
+// errExists reports a file that keyctl refuses to overwrite. It matches
+// fs.ErrExist.
+type errExists struct{ path string }
+
+func (e *errExists) Error() string        { return e.path + " already exists; refusing to overwrite it" }
+func (e *errExists) Is(target error) bool { return target == fs.ErrExist }
+
 // existsError reports that keyctl refuses to overwrite path.
 func existsError(path, flag string) error {
-	err := fmt.Errorf("%s already exists; refusing to overwrite it: %w", path, fs.ErrExist)
+	var err error = &errExists{path: path}
 	if flag != "" {
 		return withHint(err, "pass "+flag+" to replace it, or choose another file")
 	}
