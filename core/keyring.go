@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // Keyring routes wrap and unwrap requests among providers. Its primary
@@ -203,7 +205,7 @@ func (s RewrapStatus) String() string {
 
 // Rewrapper moves wrapped keys onto the primary provider's current KEK
 // version. It reads the current version once; create a new one after
-// rotating.
+// rotating. It is safe for concurrent use.
 type Rewrapper struct {
 	ring    *Keyring
 	current string
@@ -254,11 +256,6 @@ func (rw *Rewrapper) Rewrap(ctx context.Context, wk *WrappedKey, ec Context) (*W
 	if !same {
 		return nil, RewrapFailed, fmt.Errorf("provider %s: verify new wrap: unwrapped to a different DEK", ref)
 	}
-	if s.KeyVersion != rw.current {
-		// The primary rotated since this Rewrapper started; the result is
-		// still valid, only newer than expected.
-		rw.current = s.KeyVersion
-	}
 	out := &WrappedKey{Stanzas: make([]Stanza, 0, len(wk.Stanzas)+1)}
 	out.Stanzas = append(out.Stanzas, s)
 	for _, o := range wk.Stanzas {
@@ -270,4 +267,53 @@ func (rw *Rewrapper) Rewrap(ctx context.Context, wk *WrappedKey, ec Context) (*W
 		return nil, RewrapFailed, fmt.Errorf("rewrap: result would hold %d wraps, limit %d: %w", len(out.Stanzas), MaxStanzas, ErrMalformed)
 	}
 	return out, Rewrapped, nil
+}
+
+// RewrapItem is one wrapped key to rewrap with the context bound to it.
+type RewrapItem struct {
+	Key     *WrappedKey
+	Context Context
+}
+
+// RewrapResult is the outcome for one RewrapItem. Key is the record to keep:
+// the new one when Status is Rewrapped, the input otherwise.
+type RewrapResult struct {
+	Key    *WrappedKey
+	Status RewrapStatus
+	Err    error
+}
+
+// RewrapAll rewraps items with up to workers goroutines (at least 1) and
+// returns one result per item, in order. A failed item keeps its input
+// record. It stops starting new items when ctx is done; those get ctx's
+// error.
+func (rw *Rewrapper) RewrapAll(ctx context.Context, items []RewrapItem, workers int) []RewrapResult {
+	out := make([]RewrapResult, len(items))
+	workers = max(1, min(workers, len(items)))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(items) {
+					return
+				}
+				it := items[i]
+				if err := ctx.Err(); err != nil {
+					out[i] = RewrapResult{Key: it.Key, Status: RewrapFailed, Err: err}
+					continue
+				}
+				k, st, err := rw.Rewrap(ctx, it.Key, it.Context)
+				if err != nil {
+					k = it.Key
+				}
+				out[i] = RewrapResult{Key: k, Status: st, Err: err}
+			}
+		}()
+	}
+	wg.Wait()
+	return out
 }

@@ -183,3 +183,50 @@ func TestRewrapVerifies(t *testing.T) {
 		t.Fatalf("rewrap with a provider that returns a different DEK = %v, %v", st, err)
 	}
 }
+
+func TestRewrapAll(t *testing.T) {
+	ctx := context.Background()
+	a := newMem("a")
+	ring, _ := core.NewKeyring(a)
+	const n = 300
+	items := make([]core.RewrapItem, n)
+	deks := make([]core.DEK, n)
+	for i := range items {
+		ec := core.Context{"i": string(rune('a' + i%26))}
+		d, wk, err := ring.GenerateDEK(ctx, ec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		items[i], deks[i] = core.RewrapItem{Key: wk, Context: ec}, d
+	}
+	// Item 7 is damaged; item 8 has the wrong context.
+	items[7].Key.Stanzas[0].Data[15] ^= 1
+	items[8].Context = core.Context{"other": "x"}
+	if _, err := a.RotateKey(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rw, _ := ring.NewRewrapper(ctx)
+	res := rw.RewrapAll(ctx, items, 4)
+	for i, r := range res {
+		if i == 7 || i == 8 {
+			if r.Status != core.RewrapFailed || !errors.Is(r.Err, core.ErrUnwrapFailed) || r.Key != items[i].Key {
+				t.Fatalf("item %d: %v %v", i, r.Status, r.Err)
+			}
+			continue
+		}
+		if r.Status != core.Rewrapped || r.Err != nil {
+			t.Fatalf("item %d: %v %v", i, r.Status, r.Err)
+		}
+		got, err := ring.Unwrap(ctx, r.Key, items[i].Context)
+		if err != nil || !got.Equal(deks[i]) || r.Key.Stanzas[0].KeyVersion != "2" {
+			t.Fatalf("item %d after rewrap: %v", i, err)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	for _, r := range rw.RewrapAll(cctx, items[:5], 2) {
+		if !errors.Is(r.Err, context.Canceled) {
+			t.Fatalf("cancelled RewrapAll: %v", r.Err)
+		}
+	}
+}
