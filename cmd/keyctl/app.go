@@ -293,7 +293,6 @@ func (a *app) passphraseSource(name string, lf *config.LocalFile) func() ([]byte
 		}
 		if fd, ok := a.terminalStdin(); ok && !a.noPrompt {
 			fmt.Fprintf(a.stderr, "Passphrase for key file %s (provider %q): ", lf.KeyFile, name)
-
 			p, err := term.ReadPassword(fd)
 			fmt.Fprintln(a.stderr)
 			if err != nil {
