@@ -54,13 +54,19 @@ func (c Context) Canonical() []byte {
 	if len(c) == 0 {
 		return nil
 	}
-	keys := make([]string, 0, len(c))
+	var small [8]string // contexts are small: sort their keys without allocating
+	keys := small[:0]
+	if len(c) > len(small) {
+		keys = make([]string, 0, len(c))
+	}
 	n := 0
 	for k, v := range c {
 		keys = append(keys, k)
 		n += 4 + len(k) + len(v)
 	}
-	slices.Sort(keys)
+	if len(keys) > 1 {
+		slices.Sort(keys)
+	}
 	out := make([]byte, 0, n)
 	for _, k := range keys {
 		out = binary.BigEndian.AppendUint16(out, uint16(len(k)))
@@ -123,6 +129,20 @@ func ParseContextPair(s string) (key, value string, err error) {
 
 // printable reports whether s is valid UTF-8 with no control characters.
 func printable(s string) bool {
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == 0x7f {
+			return false
+		}
+		if c >= 0x80 {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		return true
+	}
 	if !utf8.ValidString(s) {
 		return false
 	}
