@@ -132,14 +132,7 @@ input error, 1 otherwise. Interrupting rewrap loses nothing: run it again.`,
 			toStderr := !keyset && len(args) == 0
 			for _, it := range sum.Results {
 				if it.err != nil {
-					where := it.File
-					switch {
-					case it.Line > 0:
-						where = fmt.Sprintf("stdin line %d", it.Line)
-					case it.DEKID != "":
-						where = "keyset DEK " + it.DEKID
-					}
-					fmt.Fprintln(a.stderr, errorLine(fmt.Errorf("rewrap %s: %w", where, it.err)))
+					fmt.Fprintln(a.stderr, errorLine(&commandError{err: fmt.Errorf("rewrap: %w", it.err)}))
 				}
 			}
 			if a.jsonOut {
@@ -189,6 +182,9 @@ func (a *app) rewrapFiles(rw *core.Rewrapper, files []string, ec core.Context, s
 			continue
 		}
 		out := rewrapOne(a, rw, wk, ec, &it)
+		if it.err != nil {
+			it.err = fmt.Errorf("%s: %w", f, it.err)
+		}
 		if out != nil && it.Status == core.Rewrapped.String() {
 			var data []byte
 			if binary {
@@ -225,13 +221,16 @@ func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummar
 		it := rewrapItem{Line: n}
 		wk, err := core.ParseWrappedKey([]byte(trimmed))
 		if err != nil {
-			it.Status, it.err = core.RewrapFailed.String(), err
+			it.Status, it.err = core.RewrapFailed.String(), fmt.Errorf("stdin line %d: %w", n, err)
 			it.WrappedKey = trimmed
 			sum.add(it)
 			out.WriteString(line + "\n")
 			continue
 		}
 		res := rewrapOne(a, rw, wk, ec, &it)
+		if it.err != nil {
+			it.err = fmt.Errorf("stdin line %d: %w", n, it.err)
+		}
 		text := trimmed
 		if res != nil {
 			t, err := res.MarshalText()
@@ -273,6 +272,9 @@ func (a *app) rewrapKeyset(ring *core.Keyring, rw *core.Rewrapper, sum *rewrapSu
 		e := &ks.DEKs[i]
 		it := rewrapItem{DEKID: fmt.Sprintf("%08x", e.ID)}
 		out := rewrapOne(a, rw, e.Wrapped, e.Context(), &it)
+		if it.err != nil {
+			it.err = fmt.Errorf("keyset DEK %08x: %w", e.ID, it.err)
+		}
 		if out != nil && it.Status == core.Rewrapped.String() {
 			e.Wrapped = out
 			changed = true

@@ -117,6 +117,10 @@ func hintFor(err error) string {
 	if errors.As(err, &h) {
 		return h.hint
 	}
+	var ce *commandError
+	if !errors.As(err, &ce) {
+		return "see 'keyctl --help' or 'keyctl COMMAND --help'"
+	}
 	switch {
 	case errors.Is(err, config.ErrNotFound):
 		return "run `keyctl init` to create keyctl.hcl, or pass --config FILE or set KEYCTL_CONFIG"
