@@ -60,15 +60,23 @@ var (
 	// ErrPermission reports that the vault refused the caller (bad PIN,
 	// access denied, unsafe key file permissions).
 	ErrPermission = errors.New("permission denied")
+
+	// ErrFailedPrecondition reports an operation refused in the current
+	// state, such as disabling the current KEK version or retiring the
+	// primary DEK. The caller must change the state first (rotate, promote
+	// another DEK); retrying as is will not help.
+	ErrFailedPrecondition = errors.New("refused in the current state")
 )
 
 // IsInputError reports whether err is caused by the input the caller handed
-// in (malformed, tampered, foreign or unsupported records, or a record that
-// names a key that does not exist) rather than by the environment. The keyctl CLI exits with status 2 for these.
+// in (malformed, tampered, foreign or unsupported records, a record that
+// names a key that does not exist, a request refused in the current state)
+// rather than by the environment. The keyctl CLI exits with status 2 for these.
 func IsInputError(err error) bool {
 	for _, s := range []error{
 		ErrMalformed, ErrUnsupportedVersion, ErrUnknownAlgorithm,
 		ErrUnwrapFailed, ErrDecryptFailed, ErrNoProvider, ErrKeyNotFound,
+		ErrFailedPrecondition,
 	} {
 		if errors.Is(err, s) {
 			return true

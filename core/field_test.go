@@ -218,8 +218,8 @@ func TestKeysetLifecycle(t *testing.T) {
 	}
 
 	// Retire the old DEK: old values no longer decrypt; primary cannot be retired.
-	if err := ks.SetState(id2, core.StateRetired); err == nil {
-		t.Fatal("retired the primary")
+	if err := ks.SetState(id2, core.StateRetired); !errors.Is(err, core.ErrFailedPrecondition) || !core.IsInputError(err) {
+		t.Fatalf("retiring the primary: %v, want ErrFailedPrecondition", err)
 	}
 	if err := ks.SetState(id1, core.StateRetired); err != nil {
 		t.Fatal(err)

@@ -231,7 +231,7 @@ func (ks *Keyset) SetState(id uint32, s DEKState) error {
 		return nil
 	}
 	if e.State == StatePrimary {
-		return fmt.Errorf("keyset: DEK %08x is the primary; make another DEK primary first", id)
+		return fmt.Errorf("keyset: DEK %08x is the primary; make another DEK primary first: %w", id, ErrFailedPrecondition)
 	}
 	if s == StatePrimary {
 		for i := range ks.DEKs {

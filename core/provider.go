@@ -58,8 +58,10 @@ type VaultRewrapper interface {
 	// provider's current KEK version, from a stanza src of the same provider
 	// type (possibly another key id of that type, when the vault allows it).
 	// ec is the context of src and of the result. Errors are those of
-	// UnwrapKey and WrapKey; ErrUnsupported means the caller should unwrap
-	// and wrap itself.
+	// UnwrapKey and WrapKey. ErrUnsupported means the caller should unwrap
+	// and wrap itself; a provider returns it (possibly joined with
+	// ErrNoProvider) for a src it cannot reach from inside its vault, such
+	// as a stanza of another key id.
 	RewrapKey(ctx context.Context, src Stanza, ec Context) (Stanza, error)
 }
 
