@@ -42,8 +42,14 @@ type app struct {
 // run executes keyctl with args (without the program name) and returns the
 // exit status. main calls it, and so do the tests.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
+	// The first interrupt cancels ctx, so that long commands (rewrap) stop
+	// at a safe point and report; a second one kills as usual.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	a := &app{
 		ctx:       ctx,
 		stdin:     stdin,

@@ -142,6 +142,13 @@ input error, 1 otherwise. Interrupting rewrap loses nothing: run it again.`,
 			} else {
 				a.printf("%s\n", sum.line())
 			}
+			if err := a.ctx.Err(); err != nil {
+				// The summary (or JSON object) above is the report; add the
+				// reason on stderr and exit 1.
+				err = &commandError{err: fmt.Errorf("rewrap interrupted after %d key(s); nothing is lost, run it again to finish: %w", len(sum.Results), err)}
+				fmt.Fprintln(a.stderr, errorLine(err))
+				return &exitStatus{code: exitCode(err), msg: err.Error()}
+			}
 			return sum.status()
 		}),
 	}
@@ -171,8 +178,8 @@ func rewrapOne(a *app, rw *core.Rewrapper, wk *core.WrappedKey, ec core.Context,
 
 func (a *app) rewrapFiles(rw *core.Rewrapper, files []string, ec core.Context, sum *rewrapSummary) error {
 	for _, f := range files {
-		if err := a.ctx.Err(); err != nil {
-			return err
+		if a.ctx.Err() != nil {
+			break // interrupted: report what was done
 		}
 		it := rewrapItem{File: f}
 		wk, binary, err := a.readWrappedKey(f)
@@ -243,7 +250,12 @@ func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummar
 		it.WrappedKey = text
 		sum.add(it)
 		out.WriteString(text + "\n")
-		if err := a.ctx.Err(); err != nil {
+		if a.ctx.Err() != nil {
+			// Interrupted: pass the remaining lines through unchanged so
+			// that the output still holds every key.
+			for sc.Scan() {
+				out.WriteString(sc.Text() + "\n")
+			}
 			break
 		}
 	}
@@ -256,7 +268,7 @@ func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummar
 	if !a.jsonOut {
 		_, _ = a.stdout.Write(out.Bytes())
 	}
-	return a.ctx.Err()
+	return nil
 }
 
 func (a *app) rewrapKeyset(ring *core.Keyring, rw *core.Rewrapper, sum *rewrapSummary) error {
@@ -266,8 +278,8 @@ func (a *app) rewrapKeyset(ring *core.Keyring, rw *core.Rewrapper, sum *rewrapSu
 	}
 	changed := false
 	for i := range ks.DEKs {
-		if err := a.ctx.Err(); err != nil {
-			break
+		if a.ctx.Err() != nil {
+			break // interrupted: save what was done
 		}
 		e := &ks.DEKs[i]
 		it := rewrapItem{DEKID: fmt.Sprintf("%08x", e.ID)}
@@ -286,7 +298,7 @@ func (a *app) rewrapKeyset(ring *core.Keyring, rw *core.Rewrapper, sum *rewrapSu
 			return err
 		}
 	}
-	return a.ctx.Err()
+	return nil
 }
 
 // saveKeyset writes ks to path atomically, keeping the file's mode.
