@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,8 @@ func TestMain(m *testing.M) {
 //	fails N cmd args...      run cmd; its exit status must be N (1 or 2) and
 //	                         stderr exactly one "keyctl: error: " line
 //	noleak FILE              neither stdout nor stderr contains FILE's content
+//
+// and the condition [pty], true when a pseudo-terminal can be opened.
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir:                 "testdata/script",
@@ -35,6 +38,19 @@ func TestScripts(t *testing.T) {
 			"exitcode": cmdExitCode(false),
 			"fails":    cmdExitCode(true),
 			"noleak":   cmdNoLeak,
+		},
+		Condition: func(cond string) (bool, error) {
+			switch cond {
+			case "pty":
+				// ttyin needs a pseudo-terminal; some containers lack one.
+				f, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+				if err != nil {
+					return false, nil
+				}
+				f.Close()
+				return true, nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
 		},
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("KEYCTL_CONFIG", "")
