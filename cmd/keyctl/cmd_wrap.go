@@ -82,6 +82,9 @@ refused unless --force, since overwriting a wrapped key can lose its DEK).
   keyctl wrap --dek-file dek.hex`,
 		Args: cobra.NoArgs,
 		RunE: action(func(cmd *cobra.Command, _ []string) error {
+			if out == "-" {
+				return usagef("wrap: --out - is not stdout; leave --out out to print the wrapped key")
+			}
 			ec, err := parseContext(ctxPairs)
 			if err != nil {
 				return err
@@ -220,6 +223,9 @@ One of the two is required. --context must repeat the pairs given at wrap time.`
 			}
 			if out != "" && reveal {
 				return usagef("unwrap: --out and --reveal are exclusive")
+			}
+			if out == "-" {
+				return withHint(usagef("unwrap: --out - is not stdout"), "use --reveal to print the DEK on stdout")
 			}
 			if encoding == "" {
 				encoding = encRaw
