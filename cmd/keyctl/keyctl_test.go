@@ -38,6 +38,7 @@ func TestExitCode(t *testing.T) {
 		{"key not found", cmd(core.ErrKeyNotFound), 2},
 		{"permission", cmd(fmt.Errorf("mode 0644: %w", core.ErrPermission)), 2},
 		{"current version", cmd(localfile.ErrCurrentVersion), 2},
+		{"failed precondition", cmd(fmt.Errorf("x: %w", core.ErrFailedPrecondition)), 2},
 		{"exists", cmd(existsError("f", "--force")), 2},
 		{"unavailable", cmd(core.ErrUnavailable), 1},
 		{"unavailable joined with input", cmd(errors.Join(core.ErrUnwrapFailed, core.ErrUnavailable)), 1},
