@@ -26,6 +26,9 @@ const (
 	FieldOverhead = FieldHeaderLen + fieldTagLen
 	// MaxFieldPlaintext bounds one field value (64 MiB).
 	MaxFieldPlaintext = 64 << 20
+	// MaxFieldText is the length of the text form of the largest field
+	// ciphertext.
+	MaxFieldText = ((MaxFieldPlaintext+FieldOverhead)*4 + 2) / 3
 
 	fieldNonceLen = 12
 	fieldTagLen   = 16
@@ -76,7 +79,7 @@ func EncodeFieldText(ct []byte) string { return fieldB64.EncodeToString(ct) }
 // DecodeFieldText parses the text form of a field ciphertext. It checks the
 // length before decoding. Errors wrap ErrMalformed.
 func DecodeFieldText(s string) ([]byte, error) {
-	if len(s) > fieldB64.EncodedLen(MaxFieldPlaintext+FieldOverhead) {
+	if len(s) > MaxFieldText {
 		return nil, fmt.Errorf("field ciphertext: text form of %d bytes exceeds the limit: %w", len(s), ErrMalformed)
 	}
 	b, err := fieldB64.DecodeString(s)

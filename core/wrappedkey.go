@@ -73,7 +73,10 @@ const WrappedKeyFormatV1 = 1
 // WrappedKeyTextPrefix starts the text form of a wrapped key.
 const WrappedKeyTextPrefix = "keyctl-wk1:"
 
-var wkMagic = []byte("KCWK")
+// WrappedKeyMagic starts the binary form of a wrapped key.
+const WrappedKeyMagic = "KCWK"
+
+var wkMagic = []byte(WrappedKeyMagic)
 
 const wkHeaderLen = 4 + 1 + 1 // magic, version, stanza count
 
@@ -271,6 +274,10 @@ func ParseWrappedKey(b []byte) (*WrappedKey, error) {
 	}
 	return nil, fmt.Errorf("wrapped key: neither %q text nor KCWK binary form: %w", WrappedKeyTextPrefix, ErrMalformed)
 }
+
+// IsBinaryWrappedKey reports whether b starts like the binary form of a
+// wrapped key (as opposed to the text form or something else).
+func IsBinaryWrappedKey(b []byte) bool { return bytes.HasPrefix(b, wkMagic) }
 
 func firstN(s string, n int) string {
 	if len(s) > n {

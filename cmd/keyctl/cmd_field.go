@@ -91,7 +91,7 @@ associated data given to encrypt.`,
 				}
 				ct = b
 			} else {
-				b, _, err := a.readInput("-", maxFieldText+64, func(n int) error {
+				b, _, err := a.readInput("-", core.MaxFieldText+64, func(n int) error {
 					return fmt.Errorf("input over %d bytes: %w", n, core.ErrMalformed)
 				})
 				if err != nil {

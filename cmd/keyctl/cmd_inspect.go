@@ -11,15 +11,6 @@ import (
 	"github.com/keyctl/keyctl/core"
 )
 
-// wrappedKeyMagic starts the binary form of a wrapped key (docs/format.md).
-// core does not export it; core.ParseWrappedKey tells the forms apart the
-// same way.
-const wrappedKeyMagic = "KCWK"
-
-// maxFieldText is the length of the text form of the largest field
-// ciphertext.
-const maxFieldText = ((core.MaxFieldPlaintext+core.FieldOverhead)*4 + 2) / 3
-
 type inspectResult struct {
 	Kind string `json:"kind"` // "wrapped-key" or "field-ciphertext"
 	Form string `json:"form"` // "text" or "binary"
@@ -62,7 +53,7 @@ version, the id of the DEK that encrypted it (8 hex digits) and its length.`,
 				b = []byte(value)
 			} else {
 				var err error
-				b, name, err = a.readInput(argOr(args, ""), maxFieldText+64, func(n int) error {
+				b, name, err = a.readInput(argOr(args, ""), core.MaxFieldText+64, func(n int) error {
 					return fmt.Errorf("over %d bytes, larger than any wrapped key or field ciphertext: %w", n, core.ErrMalformed)
 				})
 				if err != nil {
@@ -89,7 +80,7 @@ version, the id of the DEK that encrypted it (8 hex digits) and its length.`,
 func inspect(b []byte) (*inspectResult, error) {
 	t := bytes.TrimSpace(b)
 	switch {
-	case bytes.HasPrefix(b, []byte(wrappedKeyMagic)):
+	case core.IsBinaryWrappedKey(b):
 		wk, err := core.ParseWrappedKey(b)
 		if err != nil {
 			return nil, err

@@ -319,5 +319,5 @@ func (a *app) readWrappedKey(arg string) (*core.WrappedKey, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: %w", name, err)
 	}
-	return wk, bytes.HasPrefix(b, []byte("KCWK")), nil
+	return wk, core.IsBinaryWrappedKey(b), nil
 }

@@ -103,7 +103,6 @@ func exitCode(err error) int {
 		errors.Is(err, config.ErrNotFound),
 		core.IsInputError(err),
 		errors.Is(err, core.ErrPermission),
-		errors.Is(err, localfile.ErrCurrentVersion),
 		errors.Is(err, fs.ErrExist):
 		return exitUsage
 	}

@@ -55,8 +55,8 @@ const (
 
 // ErrCurrentVersion reports an operation that is refused on the current KEK
 // version (disabling or destroying it). Rotate first, so that another version
-// becomes current.
-var ErrCurrentVersion = errors.New("refused on the current key version")
+// becomes current. It wraps core.ErrFailedPrecondition.
+var ErrCurrentVersion = fmt.Errorf("refused on the current key version: %w", core.ErrFailedPrecondition)
 
 // VersionState is the state of one KEK version in a key file.
 type VersionState string
