@@ -38,7 +38,7 @@ func BenchmarkFieldEncrypt(b *testing.B) {
 	ad := []byte("users|email|1234567")
 	for _, n := range benchSizes {
 		pt := make([]byte, n)
-		b.Run(fmt.Sprintf("raw/%dB", n), func(b *testing.B) {
+		b.Run(fmt.Sprintf("impl=raw/size=%dB", n), func(b *testing.B) {
 			a := rawAEAD(b)
 			b.SetBytes(int64(n))
 			b.ReportAllocs()
@@ -50,7 +50,7 @@ func BenchmarkFieldEncrypt(b *testing.B) {
 				sink = a.Seal(out, out, pt, ad)
 			}
 		})
-		b.Run(fmt.Sprintf("keyctl/%dB", n), func(b *testing.B) {
+		b.Run(fmt.Sprintf("impl=keyctl/size=%dB", n), func(b *testing.B) {
 			f, _ := newFieldCipher(b)
 			b.SetBytes(int64(n))
 			b.ReportAllocs()
@@ -69,7 +69,7 @@ func BenchmarkFieldDecrypt(b *testing.B) {
 	ad := []byte("users|email|1234567")
 	for _, n := range benchSizes {
 		pt := make([]byte, n)
-		b.Run(fmt.Sprintf("raw/%dB", n), func(b *testing.B) {
+		b.Run(fmt.Sprintf("impl=raw/size=%dB", n), func(b *testing.B) {
 			a := rawAEAD(b)
 			nonce := make([]byte, 12)
 			_, _ = rand.Read(nonce)
@@ -84,7 +84,7 @@ func BenchmarkFieldDecrypt(b *testing.B) {
 				sink = out
 			}
 		})
-		b.Run(fmt.Sprintf("keyctl/%dB", n), func(b *testing.B) {
+		b.Run(fmt.Sprintf("impl=keyctl/size=%dB", n), func(b *testing.B) {
 			f, _ := newFieldCipher(b)
 			ct, _ := f.Encrypt(pt, ad)
 			b.SetBytes(int64(n))
@@ -141,7 +141,7 @@ func BenchmarkRewrap100k(b *testing.B) {
 		b.Fatal(err)
 	}
 	for _, workers := range []int{1, runtime.GOMAXPROCS(0)} {
-		b.Run(fmt.Sprintf("keyctl/workers=%d", workers), func(b *testing.B) {
+		b.Run(fmt.Sprintf("impl=keyctl/workers=%d", workers), func(b *testing.B) {
 			for b.Loop() {
 				rw, err := ring.NewRewrapper(ctx)
 				if err != nil {
@@ -156,7 +156,7 @@ func BenchmarkRewrap100k(b *testing.B) {
 			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "keys/s")
 		})
 	}
-	b.Run("raw/workers=1", func(b *testing.B) {
+	b.Run("impl=raw/workers=1", func(b *testing.B) {
 		oldA, newA := rawAEAD(b), rawAEAD(b)
 		ad := []byte("keyctl.dek_id|00000001")
 		cts := make([][]byte, n)

@@ -102,6 +102,19 @@ type fieldKey struct {
 type FieldCipher struct {
 	primary atomic.Pointer[fieldKey]
 	keys    map[uint32]*fieldKey
+	few     []*fieldKey // the same keys when there are few: a scan beats the map
+}
+
+func (f *FieldCipher) lookup(id uint32) *fieldKey {
+	if f.few != nil {
+		for _, k := range f.few {
+			if k.id == id {
+				return k
+			}
+		}
+		return nil
+	}
+	return f.keys[id]
 }
 
 // NewFieldCipher returns a FieldCipher that encrypts with the DEK primary and
@@ -126,6 +139,12 @@ func NewFieldCipher(primary uint32, keys map[uint32]DEK) (*FieldCipher, error) {
 			return nil, fmt.Errorf("field cipher: DEK %08x: %w", id, err)
 		}
 		f.keys[id] = &fieldKey{id: id, aead: aead}
+	}
+	if len(f.keys) <= 8 {
+		f.few = make([]*fieldKey, 0, len(f.keys))
+		for _, k := range f.keys {
+			f.few = append(f.few, k)
+		}
 	}
 	p, ok := f.keys[primary]
 	if !ok {
@@ -163,17 +182,21 @@ func (f *FieldCipher) Encrypt(plaintext, associatedData []byte) ([]byte, error) 
 // cipher's keyset, or was retired) or ErrDecryptFailed (altered ciphertext or
 // other associated data; the error does not say which byte).
 func (f *FieldCipher) Decrypt(ciphertext, associatedData []byte) ([]byte, error) {
-	h, err := ParseFieldHeader(ciphertext)
-	if err != nil {
+	if len(ciphertext) < FieldOverhead || ciphertext[0] != FieldFormatV1 || len(ciphertext) > MaxFieldPlaintext+FieldOverhead {
+		_, err := ParseFieldHeader(ciphertext) // the slow path says what is wrong
 		return nil, err
 	}
-	k, ok := f.keys[h.DEKID]
-	if !ok {
-		return nil, fmt.Errorf("field decrypt: DEK %08x is not in the keyset (unknown or retired): %w", h.DEKID, ErrKeyNotFound)
+	id := binary.BigEndian.Uint32(ciphertext[1:5])
+	k := f.lookup(id)
+	if k == nil {
+		if id == 0 {
+			return nil, fmt.Errorf("field ciphertext: DEK id 0 is reserved: %w", ErrMalformed)
+		}
+		return nil, fmt.Errorf("field decrypt: DEK %08x is not in the keyset (unknown or retired): %w", id, ErrKeyNotFound)
 	}
 	out, err := k.aead.Open(nil, ciphertext[5:FieldHeaderLen], ciphertext[FieldHeaderLen:], associatedData)
 	if err != nil {
-		return nil, fmt.Errorf("field decrypt with DEK %08x: %w", h.DEKID, ErrDecryptFailed)
+		return nil, fmt.Errorf("field decrypt with DEK %08x: %w", id, ErrDecryptFailed)
 	}
 	return out, nil
 }

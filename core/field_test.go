@@ -277,3 +277,33 @@ func TestParseKeysetFailures(t *testing.T) {
 		t.Fatalf("good keyset (DEK %08x): %v", id, err)
 	}
 }
+
+// TestFieldManyDEKs covers the map lookup used for keysets of more than a
+// few DEKs.
+func TestFieldManyDEKs(t *testing.T) {
+	keys := map[uint32]core.DEK{}
+	for id := uint32(1); id <= 20; id++ {
+		keys[id], _ = core.NewDEK()
+	}
+	var cts [][]byte
+	for id := uint32(1); id <= 20; id++ {
+		f, err := core.NewFieldCipher(id, keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ct, _ := f.Encrypt([]byte{byte(id)}, nil)
+		cts = append(cts, ct)
+	}
+	f, _ := core.NewFieldCipher(7, keys)
+	for i, ct := range cts {
+		pt, err := f.Decrypt(ct, nil)
+		if err != nil || pt[0] != byte(i+1) {
+			t.Fatalf("DEK %d: %v", i+1, err)
+		}
+	}
+	bad := bytes.Clone(cts[0])
+	bad[4] = 99
+	if _, err := f.Decrypt(bad, nil); !errors.Is(err, core.ErrKeyNotFound) {
+		t.Fatalf("unknown DEK: %v", err)
+	}
+}
