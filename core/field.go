@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"sync/atomic"
 )
 
@@ -81,6 +82,10 @@ func EncodeFieldText(ct []byte) string { return fieldB64.EncodeToString(ct) }
 func DecodeFieldText(s string) ([]byte, error) {
 	if len(s) > MaxFieldText {
 		return nil, fmt.Errorf("field ciphertext: text form of %d bytes exceeds the limit: %w", len(s), ErrMalformed)
+	}
+	// encoding/base64 skips \r and \n; the canonical form has neither.
+	if strings.ContainsAny(s, "\r\n") {
+		return nil, fmt.Errorf("field ciphertext: line break inside the text form: %w", ErrMalformed)
 	}
 	b, err := fieldB64.DecodeString(s)
 	if err != nil {

@@ -307,3 +307,14 @@ func TestFieldManyDEKs(t *testing.T) {
 		t.Fatalf("unknown DEK: %v", err)
 	}
 }
+
+func TestDecodeFieldTextStrict(t *testing.T) {
+	f, _ := newFieldCipher(t)
+	ct, _ := f.Encrypt([]byte("x"), nil)
+	txt := core.EncodeFieldText(ct)
+	for _, bad := range []string{txt[:10] + "\n" + txt[10:], txt[:10] + "\r" + txt[10:], txt + "=", txt[:10] + "+" + txt[11:], " " + txt} {
+		if _, err := core.DecodeFieldText(bad); !errors.Is(err, core.ErrMalformed) {
+			t.Errorf("DecodeFieldText(%q) = %v, want ErrMalformed", bad, err)
+		}
+	}
+}

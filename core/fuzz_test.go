@@ -74,6 +74,9 @@ func FuzzFieldDecrypt(f *testing.F) {
 				if ct, err = core.DecodeFieldText(string(in)); err != nil {
 					continue
 				}
+				if core.EncodeFieldText(ct) != string(in) {
+					t.Fatalf("text form not canonical: %q decodes, re-encodes as %q", in, core.EncodeFieldText(ct))
+				}
 			}
 			if _, err := core.ParseFieldHeader(ct); err != nil && !core.IsInputError(err) {
 				t.Fatalf("unclassified header error %v", err)

@@ -297,6 +297,10 @@ func parseWrappedKeyText(t []byte) (*WrappedKey, error) {
 		return nil, fmt.Errorf("wrapped key: text form must start with %q: %w", WrappedKeyTextPrefix, ErrMalformed)
 	}
 	enc := t[len(WrappedKeyTextPrefix):]
+	// encoding/base64 skips \r and \n; the canonical form has neither.
+	if bytes.ContainsAny(enc, "\r\n") {
+		return nil, fmt.Errorf("wrapped key: line break inside the text form: %w", ErrMalformed)
+	}
 	bin := make([]byte, b64.DecodedLen(len(enc)))
 	n, err := b64.Decode(bin, enc)
 	if err != nil {

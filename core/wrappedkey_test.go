@@ -169,6 +169,8 @@ func TestParseWrappedKeyForms(t *testing.T) {
 		{"padded base64", append(bytes.Clone(txt), '='), core.ErrMalformed},
 		{"std base64 alphabet", bytes.ReplaceAll(bytes.ReplaceAll(txt, []byte("-"), []byte("+")), []byte("_"), []byte("/")), nil},
 		{"inner whitespace", append(append(bytes.Clone(txt[:20]), ' '), txt[20:]...), core.ErrMalformed},
+		{"inner line break", append(append(bytes.Clone(txt[:20]), '\n'), txt[20:]...), core.ErrMalformed},
+		{"inner carriage return", append(append(bytes.Clone(txt[:20]), '\r'), txt[20:]...), core.ErrMalformed},
 		{"binary future version", append(append([]byte("KCWK"), 2), bin[5:]...), core.ErrUnsupportedVersion},
 		{"binary trailing", append(bytes.Clone(bin), 0), core.ErrMalformed},
 		{"binary oversized stanza count", append(append([]byte("KCWK"), 1, 200), bin[6:]...), core.ErrMalformed},
