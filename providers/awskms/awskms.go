@@ -33,6 +33,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
@@ -72,8 +73,8 @@ func (c Config) Validate() error {
 	if c.KeyID == "" {
 		return fmt.Errorf("awskms: key_id is required: %w", core.ErrMalformed)
 	}
-	if len(c.KeyID) > 2048 || strings.IndexFunc(c.KeyID, badIDRune) >= 0 {
-		return fmt.Errorf("awskms: key_id %q: want a key id, key ARN, alias name or alias ARN (no spaces or control characters, at most 2048 bytes): %w", c.KeyID, core.ErrMalformed)
+	if len(c.KeyID) > 2048 || !utf8.ValidString(c.KeyID) || strings.IndexFunc(c.KeyID, badIDRune) >= 0 {
+		return fmt.Errorf("awskms: key_id %q: want a key id, key ARN, alias name or alias ARN (UTF-8 without spaces or control characters, at most 2048 bytes): %w", c.KeyID, core.ErrMalformed)
 	}
 	if len(c.KeyID) > core.MaxKeyIDLen {
 		return fmt.Errorf("awskms: key_id is %d bytes, the wrapped-key format allows %d: %w", len(c.KeyID), core.MaxKeyIDLen, core.ErrMalformed)
@@ -89,8 +90,8 @@ func (c Config) Validate() error {
 	}) >= 0 {
 		return fmt.Errorf("awskms: region %q: want lower-case letters, digits and '-' (like eu-west-2): %w", c.Region, core.ErrMalformed)
 	}
-	if strings.IndexFunc(c.Profile, badIDRune) >= 0 {
-		return fmt.Errorf("awskms: profile %q: no spaces or control characters: %w", c.Profile, core.ErrMalformed)
+	if !utf8.ValidString(c.Profile) || strings.IndexFunc(c.Profile, badIDRune) >= 0 {
+		return fmt.Errorf("awskms: profile %q: UTF-8 without spaces or control characters: %w", c.Profile, core.ErrMalformed)
 	}
 	if c.Endpoint != "" {
 		if err := validEndpoint(c.Endpoint); err != nil {
@@ -104,7 +105,7 @@ func badIDRune(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) 
 
 func validEndpoint(s string) error {
 	u, err := url.Parse(s)
-	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+	if err != nil || !utf8.ValidString(s) || strings.IndexFunc(s, badIDRune) >= 0 || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("awskms: endpoint %q: want a URL like https://kms.example.com or http://127.0.0.1:4566: %w", s, core.ErrMalformed)
 	}
 	switch u.Scheme {
