@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/keyctl/keyctl/core/providertest"
 	"github.com/keyctl/keyctl/providers/awskms"
 	"github.com/keyctl/keyctl/providers/awskms/internal/kmstest"
+	"github.com/keyctl/keyctl/providers/localfile"
 )
 
 func TestConformance(t *testing.T) {
@@ -667,7 +669,7 @@ func TestImportCiphertext(t *testing.T) {
 // to ErrUnsupported.
 func TestRotation(t *testing.T) {
 	id, fresh := kmstest.NewKeyID(), kmstest.NewKeyID()
-	rotateAt := time.Now().Add(2 * time.Second)
+	rotateAt := time.Now().Add(3 * time.Second)
 	e := kmstest.Start(t, kmstest.Seed{
 		Keys:    []kmstest.Key{{ID: id, NextRotation: rotateAt}, {ID: fresh}},
 		Aliases: []kmstest.Alias{{Name: "alias/rotating", TargetKeyID: id}},
@@ -682,7 +684,7 @@ func TestRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	if v, err := kmstest.BlobKeyVersion(before.Data); err != nil || v != 0 {
-		t.Fatalf("wrap before the rotation date used backing key %d (%v); the machine is too slow for a 2s window", v, err)
+		t.Fatalf("wrap before the rotation date used backing key %d (%v); the machine is too slow for a 3s window", v, err)
 	}
 	if on, next, err := p.RotationStatus(ctx); err != nil || !on {
 		t.Fatalf("RotationStatus = %v, %v, %v; want enabled", on, next, err)
@@ -750,5 +752,58 @@ func TestRotateKeyOnDemand(t *testing.T) {
 	v, err := p.RotateKey(context.Background())
 	if err != nil || v != kmstest.KeyARN(keyA) {
 		t.Fatalf("RotateKey = %q, %v", v, err)
+	}
+}
+
+// TestMoveToLocalFileAndBack moves a DEK wrapped by KMS onto the local-file
+// provider and back with core's keyring and rewrapper, changing only which
+// provider is primary (what a config edit does in the CLI).
+func TestMoveToLocalFileAndBack(t *testing.T) {
+	e := emulator(t)
+	ctx := context.Background()
+	ec := core.Context{"table": "users"}
+	kmsP := newProvider(t, e.Endpoint, aliasA)
+	fileP, err := localfile.Create(filepath.Join(t.TempDir(), "kek.json"), localfile.CreateOptions{KeyID: "dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring := func(primary core.KeyProvider, others ...core.KeyProvider) *core.Keyring {
+		r, err := core.NewKeyring(primary, others...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	rewrap := func(r *core.Keyring, wk *core.WrappedKey) *core.WrappedKey {
+		rw, err := r.NewRewrapper(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, st, err := rw.Rewrap(ctx, wk, ec)
+		if err != nil || st != core.Rewrapped {
+			t.Fatalf("Rewrap = %v, %v", st, err)
+		}
+		return out
+	}
+
+	dek, wk, err := ring(kmsP).GenerateDEK(ctx, ec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onFile := rewrap(ring(fileP, kmsP), wk)
+	if onFile.Stanzas[0].Provider != localfile.Type {
+		t.Fatalf("first wrap after moving to the key file: %v", onFile.Stanzas[0].Ref())
+	}
+	onlyFile := &core.WrappedKey{Stanzas: onFile.Stanzas[:1]}
+	if got, err := ring(fileP).Unwrap(ctx, onlyFile, ec); err != nil || !got.Equal(dek) {
+		t.Fatalf("unwrap with the key file alone: %v", err)
+	}
+	back := rewrap(ring(kmsP, fileP), onlyFile)
+	if s := back.Stanzas[0]; s.Provider != awskms.Type || s.KeyVersion != kmstest.KeyARN(keyA) {
+		t.Fatalf("first wrap after moving back: %v version %s", s.Ref(), s.KeyVersion)
+	}
+	onlyKMS := &core.WrappedKey{Stanzas: back.Stanzas[:1]}
+	if got, err := ring(kmsP).Unwrap(ctx, onlyKMS, ec); err != nil || !got.Equal(dek) {
+		t.Fatalf("unwrap with KMS alone: %v", err)
 	}
 }

@@ -118,19 +118,14 @@ func retryable(err error) bool {
 func (p *Provider) mapErr(op string, attempts int, err, cerr error) error {
 	e := &Error{Op: op, KeyID: p.cfg.KeyID, Attempts: attempts, Err: err}
 	if cerr != nil {
-		// The caller gave up: report its context error (errors.Is finds it)
-		// as the cause, and the last KMS failure, if any, in the message.
-		e.Kind, e.Err = core.ErrUnavailable, cerr
-		e.msg = cerr.Error()
+		// The caller gave up: its context error is the cause (errors.Is
+		// finds it); the last KMS failure, if any, goes in the message.
+		e.Kind, e.Err, e.msg = core.ErrUnavailable, cerr, cerr.Error()
+		if errors.Is(cerr, context.Canceled) {
+			e.Kind, e.msg = context.Canceled, "the caller cancelled the request"
+		}
 		if !errors.Is(err, cerr) {
 			e.msg += "; last error: " + err.Error()
-		}
-		if errors.Is(cerr, context.Canceled) {
-			e.Kind = context.Canceled
-			e.msg = "cancelled"
-			if !errors.Is(err, cerr) {
-				e.msg += "; last error: " + err.Error()
-			}
 		}
 		return e
 	}
