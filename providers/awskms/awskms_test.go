@@ -18,7 +18,7 @@ import (
 	"github.com/keyctl/keyctl/core"
 	"github.com/keyctl/keyctl/core/providertest"
 	"github.com/keyctl/keyctl/providers/awskms"
-	"github.com/keyctl/keyctl/providers/awskms/internal/kmstest"
+	"github.com/keyctl/keyctl/providers/awskms/awskmstest"
 	"github.com/keyctl/keyctl/providers/localfile"
 )
 
@@ -110,14 +110,11 @@ func TestNewNeedsRegion(t *testing.T) {
 // Config alone, with credentials from the environment.
 func TestDefaultCredentialChain(t *testing.T) {
 	e := emulator(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDLOCALKMS")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "local-kms-secret")
-	t.Setenv("AWS_SESSION_TOKEN", "")
-	t.Setenv("AWS_PROFILE", "")
-	t.Setenv("AWS_CONFIG_FILE", t.TempDir()+"/none")
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", t.TempDir()+"/none")
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	p, err := awskms.New(context.Background(), awskms.Config{KeyID: aliasA, Region: kmstest.Region, Endpoint: e.Endpoint})
+	for _, kv := range e.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	p, err := awskms.New(context.Background(), awskms.Config{KeyID: aliasA, Endpoint: e.Endpoint})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,8 +123,8 @@ func TestDefaultCredentialChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.KeyVersion != kmstest.KeyARN(keyA) {
-		t.Fatalf("key version %q, want the ARN %q", s.KeyVersion, kmstest.KeyARN(keyA))
+	if s.KeyVersion != awskmstest.KeyARN(keyA) {
+		t.Fatalf("key version %q, want the ARN %q", s.KeyVersion, awskmstest.KeyARN(keyA))
 	}
 	unwrapEqual(t, p, s, nil, dek)
 	if err := p.Health(context.Background()); err != nil {
@@ -157,7 +154,7 @@ func unwrapEqual(t testing.TB, p core.KeyProvider, s core.Stanza, ec core.Contex
 
 func TestStanzaShape(t *testing.T) {
 	e := emulator(t)
-	for _, id := range []string{keyA, kmstest.KeyARN(keyA), aliasA, "arn:aws:kms:" + kmstest.Region + ":" + kmstest.Account + ":" + aliasA} {
+	for _, id := range []string{keyA, awskmstest.KeyARN(keyA), aliasA, "arn:aws:kms:" + awskmstest.Region + ":" + awskmstest.Account + ":" + aliasA} {
 		t.Run(id, func(t *testing.T) {
 			p := newProvider(t, e.Endpoint, id)
 			ec := core.Context{"table": "users", "column": "email"}
@@ -166,7 +163,7 @@ func TestStanzaShape(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := core.Stanza{Provider: "awskms", KeyID: id, KeyVersion: kmstest.KeyARN(keyA), Algorithm: core.AlgAWSKMS}
+			want := core.Stanza{Provider: "awskms", KeyID: id, KeyVersion: awskmstest.KeyARN(keyA), Algorithm: core.AlgAWSKMS}
 			if s.Provider != want.Provider || s.KeyID != want.KeyID || s.KeyVersion != want.KeyVersion || s.Algorithm != want.Algorithm {
 				t.Fatalf("stanza %+v, want %+v", s, want)
 			}
@@ -251,10 +248,10 @@ func TestErrors(t *testing.T) {
 	pB := newProvider(t, e.Endpoint, aliasB)
 	asB := sA
 	asB.KeyID = aliasB
-	asB.KeyVersion = kmstest.KeyARN(keyB)
+	asB.KeyVersion = awskmstest.KeyARN(keyB)
 
 	missing := newProvider(t, e.Endpoint, "alias/keyctl-no-such-alias")
-	missingKey := newProvider(t, e.Endpoint, kmstest.NewKeyID())
+	missingKey := newProvider(t, e.Endpoint, awskmstest.NewKeyID())
 
 	px := newProxy(t, e)
 	px.setFault(func(op string, n int) (int, string, bool) {
@@ -366,7 +363,7 @@ func TestStanzaRefusals(t *testing.T) {
 		{"other algorithm", mod(func(s *core.Stanza) { s.Algorithm = core.AlgAES256GCM }), core.ErrUnknownAlgorithm},
 		{"empty data", mod(func(s *core.Stanza) { s.Data = nil }), core.ErrMalformed},
 		{"huge data", mod(func(s *core.Stanza) { s.Data = make([]byte, 7000) }), core.ErrMalformed},
-		{"other version", mod(func(s *core.Stanza) { s.KeyVersion = kmstest.KeyARN(keyB) }), core.ErrUnwrapFailed},
+		{"other version", mod(func(s *core.Stanza) { s.KeyVersion = awskmstest.KeyARN(keyB) }), core.ErrUnwrapFailed},
 		{"no version", mod(func(s *core.Stanza) { s.KeyVersion = "" }), core.ErrUnwrapFailed},
 	}
 	for _, tc := range tests {
@@ -481,7 +478,7 @@ func TestGenerateDataKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.KeyVersion != kmstest.KeyARN(keyA) || s.Algorithm != core.AlgAWSKMS {
+	if s.KeyVersion != awskmstest.KeyARN(keyA) || s.Algorithm != core.AlgAWSKMS {
 		t.Fatalf("stanza %+v", s)
 	}
 	unwrapEqual(t, p, s, ec, dek)
@@ -512,7 +509,7 @@ func TestRewrapKeyStaysInKMS(t *testing.T) {
 	if got := px.ops(); !slices.Equal(got, []string{"ReEncrypt"}) {
 		t.Fatalf("KMS calls %v, want only ReEncrypt", got)
 	}
-	if dst.KeyID != aliasB || dst.KeyVersion != kmstest.KeyARN(keyB) {
+	if dst.KeyID != aliasB || dst.KeyVersion != awskmstest.KeyARN(keyB) {
 		t.Fatalf("rewrapped stanza at %s version %s", dst.Ref(), dst.KeyVersion)
 	}
 	unwrapEqual(t, pB, dst, ec, dek)
@@ -537,7 +534,7 @@ func TestRewrapKeyStaysInKMS(t *testing.T) {
 	// A source stanza whose version is not the key KMS used.
 	px.setFault(nil)
 	lying := src
-	lying.KeyVersion = kmstest.KeyARN(keyB)
+	lying.KeyVersion = awskmstest.KeyARN(keyB)
 	if _, err := pB.RewrapKey(ctx, lying, ec); !errors.Is(err, core.ErrUnwrapFailed) {
 		t.Fatalf("RewrapKey of a stanza with a wrong version = %v, want ErrUnwrapFailed", err)
 	}
@@ -616,7 +613,7 @@ func TestImportCiphertext(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ImportCiphertext: %v", err)
 			}
-			if s.Provider != awskms.Type || s.KeyID != aliasA || s.KeyVersion != kmstest.KeyARN(keyA) || !bytes.Equal(s.Data, tc.blob) {
+			if s.Provider != awskms.Type || s.KeyID != aliasA || s.KeyVersion != awskmstest.KeyARN(keyA) || !bytes.Equal(s.Data, tc.blob) {
 				t.Fatalf("imported stanza %+v", s)
 			}
 			wk := &core.WrappedKey{Stanzas: []core.Stanza{s}}
@@ -668,11 +665,11 @@ func TestImportCiphertext(t *testing.T) {
 // backing key. RotateKeyOnDemand, which local-kms does not implement, maps
 // to ErrUnsupported.
 func TestRotation(t *testing.T) {
-	id, fresh := kmstest.NewKeyID(), kmstest.NewKeyID()
+	id, fresh := awskmstest.NewKeyID(), awskmstest.NewKeyID()
 	rotateAt := time.Now().Add(3 * time.Second)
-	e := kmstest.Start(t, kmstest.Seed{
-		Keys:    []kmstest.Key{{ID: id, NextRotation: rotateAt}, {ID: fresh}},
-		Aliases: []kmstest.Alias{{Name: "alias/rotating", TargetKeyID: id}},
+	e := awskmstest.Start(t, awskmstest.Seed{
+		Keys:    []awskmstest.Key{{ID: id, NextRotation: rotateAt}, {ID: fresh}},
+		Aliases: []awskmstest.Alias{{Name: "alias/rotating", TargetKeyID: id}},
 	})
 	ctx := context.Background()
 	p := newProvider(t, e.Endpoint, "alias/rotating")
@@ -683,7 +680,7 @@ func TestRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, err := kmstest.BlobKeyVersion(before.Data); err != nil || v != 0 {
+	if v, err := awskmstest.BlobKeyVersion(before.Data); err != nil || v != 0 {
 		t.Fatalf("wrap before the rotation date used backing key %d (%v); the machine is too slow for a 3s window", v, err)
 	}
 	if on, next, err := p.RotationStatus(ctx); err != nil || !on {
@@ -695,10 +692,10 @@ func TestRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, err := kmstest.BlobKeyVersion(after.Data); err != nil || v != 1 {
+	if v, err := awskmstest.BlobKeyVersion(after.Data); err != nil || v != 1 {
 		t.Fatalf("wrap after the rotation date used backing key %d (%v), want 1: the key did not rotate", v, err)
 	}
-	if after.KeyVersion != before.KeyVersion || after.KeyVersion != kmstest.KeyARN(id) {
+	if after.KeyVersion != before.KeyVersion || after.KeyVersion != awskmstest.KeyARN(id) {
 		t.Fatalf("key version changed across rotation: %q, %q", before.KeyVersion, after.KeyVersion)
 	}
 	unwrapEqual(t, p, before, ec, dek)
@@ -708,7 +705,7 @@ func TestRotation(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RewrapKey: %v", err)
 	}
-	if v, err := kmstest.BlobKeyVersion(moved.Data); err != nil || v != 1 {
+	if v, err := awskmstest.BlobKeyVersion(moved.Data); err != nil || v != 1 {
 		t.Fatalf("ReEncrypt left the wrap on backing key %d (%v), want 1", v, err)
 	}
 	unwrapEqual(t, p, moved, ec, dek)
@@ -744,13 +741,13 @@ func TestRotateKeyOnDemand(t *testing.T) {
 	px := newProxy(t, e)
 	px.setFault(func(op string, n int) (int, string, bool) {
 		if op == "RotateKeyOnDemand" {
-			return http.StatusOK, `{"KeyId":"` + kmstest.KeyARN(keyA) + `"}`, true
+			return http.StatusOK, `{"KeyId":"` + awskmstest.KeyARN(keyA) + `"}`, true
 		}
 		return 0, "", false
 	})
 	p := newProvider(t, px.URL, aliasA)
 	v, err := p.RotateKey(context.Background())
-	if err != nil || v != kmstest.KeyARN(keyA) {
+	if err != nil || v != awskmstest.KeyARN(keyA) {
 		t.Fatalf("RotateKey = %q, %v", v, err)
 	}
 }
@@ -799,7 +796,7 @@ func TestMoveToLocalFileAndBack(t *testing.T) {
 		t.Fatalf("unwrap with the key file alone: %v", err)
 	}
 	back := rewrap(ring(kmsP, fileP), onlyFile)
-	if s := back.Stanzas[0]; s.Provider != awskms.Type || s.KeyVersion != kmstest.KeyARN(keyA) {
+	if s := back.Stanzas[0]; s.Provider != awskms.Type || s.KeyVersion != awskmstest.KeyARN(keyA) {
 		t.Fatalf("first wrap after moving back: %v version %s", s.Ref(), s.KeyVersion)
 	}
 	onlyKMS := &core.WrappedKey{Stanzas: back.Stanzas[:1]}

@@ -19,13 +19,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
 	"github.com/keyctl/keyctl/providers/awskms"
-	"github.com/keyctl/keyctl/providers/awskms/internal/kmstest"
+	"github.com/keyctl/keyctl/providers/awskms/awskmstest"
 )
 
 // Keys of the shared emulator's seed.
 var (
-	keyA   = kmstest.NewKeyID()
-	keyB   = kmstest.NewKeyID()
+	keyA   = awskmstest.NewKeyID()
+	keyB   = awskmstest.NewKeyID()
 	aliasA = "alias/keyctl-test-a"
 	aliasB = "alias/keyctl-test-b"
 )
@@ -35,21 +35,21 @@ var (
 var shared struct {
 	once sync.Once
 	dir  string
-	emu  *kmstest.Emulator
+	emu  *awskmstest.Emulator
 	err  error
 }
 
-func emulator(tb testing.TB) *kmstest.Emulator {
+func emulator(tb testing.TB) *awskmstest.Emulator {
 	tb.Helper()
-	bin := kmstest.Require(tb)
+	bin := awskmstest.Require(tb)
 	shared.once.Do(func() {
 		shared.dir, shared.err = os.MkdirTemp("", "keyctl-localkms-")
 		if shared.err != nil {
 			return
 		}
-		shared.emu, shared.err = kmstest.StartProcess(bin, shared.dir, kmstest.Seed{
-			Keys:    []kmstest.Key{{ID: keyA}, {ID: keyB}},
-			Aliases: []kmstest.Alias{{Name: aliasA, TargetKeyID: keyA}, {Name: aliasB, TargetKeyID: keyB}},
+		shared.emu, shared.err = awskmstest.StartProcess(bin, shared.dir, awskmstest.Seed{
+			Keys:    []awskmstest.Key{{ID: keyA}, {ID: keyB}},
+			Aliases: []awskmstest.Alias{{Name: aliasA, TargetKeyID: keyA}, {Name: aliasB, TargetKeyID: keyB}},
 		})
 	})
 	if shared.err != nil {
@@ -90,7 +90,7 @@ func newProvider(tb testing.TB, endpoint, keyID string, opts ...awskms.Option) *
 	opts = append([]awskms.Option{awskms.WithAWSConfig(staticCreds)}, opts...)
 	p, err := awskms.New(context.Background(), awskms.Config{
 		KeyID:    keyID,
-		Region:   kmstest.Region,
+		Region:   awskmstest.Region,
 		Endpoint: endpoint,
 	}, opts...)
 	if err != nil {
@@ -112,7 +112,7 @@ type proxy struct {
 	n     atomic.Int64
 }
 
-func newProxy(tb testing.TB, e *kmstest.Emulator) *proxy {
+func newProxy(tb testing.TB, e *awskmstest.Emulator) *proxy {
 	tb.Helper()
 	u, err := url.Parse(e.Endpoint)
 	if err != nil {

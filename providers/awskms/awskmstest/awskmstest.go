@@ -1,4 +1,4 @@
-// Package kmstest starts throwaway local-kms emulators for keyctl's tests.
+// Package awskmstest starts throwaway local-kms emulators for keyctl's tests.
 //
 // The emulator is the keyctl-localkms harness (module testenv/localkms in
 // this repository), which serves local-kms's request handler on 127.0.0.1
@@ -12,7 +12,12 @@
 // on $PATH. When it is missing, tests are skipped with a message saying how
 // to install it — except in CI (CI=true), where a missing emulator is a test
 // failure.
-package kmstest
+//
+// Tests outside this provider (the plugin bridge, the CLI) use it the same
+// way: Start an emulator with a Seed, configure an awskms provider with
+// Endpoint set to [Emulator.Endpoint], and give a provider subprocess the
+// credentials and region of [Emulator.Env].
+package awskmstest
 
 import (
 	"bufio"
@@ -232,6 +237,24 @@ func (e *Emulator) AWSConfig() aws.Config {
 		Region:       Region,
 		Credentials:  credentials.NewStaticCredentialsProvider("AKIDLOCALKMS", "local-kms-secret", ""),
 		BaseEndpoint: aws.String(e.Endpoint),
+	}
+}
+
+// Env returns environment variables ("NAME=value") that let the SDK's
+// default chain reach the emulator from a subprocess (a plugin, the CLI):
+// dummy static credentials, the region, no shared config files and no
+// instance metadata lookups. The endpoint still has to be configured
+// (Config.Endpoint = e.Endpoint).
+func (e *Emulator) Env() []string {
+	return []string{
+		"AWS_ACCESS_KEY_ID=AKIDLOCALKMS",
+		"AWS_SECRET_ACCESS_KEY=local-kms-secret",
+		"AWS_SESSION_TOKEN=",
+		"AWS_REGION=" + Region,
+		"AWS_PROFILE=",
+		"AWS_CONFIG_FILE=" + os.DevNull,
+		"AWS_SHARED_CREDENTIALS_FILE=" + os.DevNull,
+		"AWS_EC2_METADATA_DISABLED=true",
 	}
 }
 

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package kmstest
+package awskmstest
 
 import "syscall"
 

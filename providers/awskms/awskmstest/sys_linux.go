@@ -1,4 +1,4 @@
-package kmstest
+package awskmstest
 
 import "syscall"
 
