@@ -152,17 +152,18 @@ func fmtAllocs(v []float64) string {
 	return fmt.Sprintf("%.1f", m)
 }
 
-// ratio renders a/b of two time samples, "~" marking a difference the U
-// test does not find significant.
+// ratio renders the paired ratio a/b of two benchmarks measured in the same
+// rounds; "~" marks a ratio the sign test does not find different from 1
+// (p >= 0.05).
 func ratio(a, b []float64) string {
 	if len(a) == 0 || len(b) == 0 {
 		return "–"
 	}
-	r := median(a) / median(b)
-	if sig, _ := differs(a, b); !sig {
-		return fmt.Sprintf("%.2fx ~", r)
+	q, p := pairedRatio(a, b)
+	if p >= 0.05 {
+		return fmt.Sprintf("%.2fx ~", q)
 	}
-	return fmt.Sprintf("%.2fx", r)
+	return fmt.Sprintf("%.2fx", q)
 }
 
 func peerSection(r *results) (table, bulk, targets string, missing []string) {
@@ -184,7 +185,7 @@ func peerSection(r *results) (table, bulk, targets string, missing []string) {
 		ns := map[string][]float64{}
 		var allocs []string
 		for _, im := range impls {
-			ns[im.key] = r.get(benchName(w, im.key), "ns/op")
+			ns[im.key] = r.raw(benchName(w, im.key), "ns/op")
 			au := "allocs/op"
 			if w.bulk {
 				au = "allocs/value"
@@ -213,25 +214,25 @@ func peerSection(r *results) (table, bulk, targets string, missing []string) {
 		}
 
 		for _, p := range peers {
-			k, pv := median(ns["keyctl"]), median(ns[p.key])
-			if k == 0 || pv == 0 {
+			if len(ns["keyctl"]) == 0 || len(ns[p.key]) == 0 {
 				missing = append(missing, fmt.Sprintf("%s: no result for keyctl or %s", w.title, p.title))
 				continue
 			}
-			// By the medians alone, significant or not: a gap hidden by
+			// By the ratio alone, significant or not: a gap hidden by
 			// noise still needs its reason.
-			if k/pv > 1.10 {
+			q, pval := pairedRatio(ns["keyctl"], ns[p.key])
+			if q > 1.10 {
 				note := ""
-				if sig, pval := differs(ns["keyctl"], ns[p.key]); !sig {
+				if pval >= 0.05 {
 					note = fmt.Sprintf(", within noise, p=%.2f", pval)
 				}
-				slower = append(slower, fmt.Sprintf("%s (%s %.0f%% faster%s)", w.title, p.title, (k/pv-1)*100, note))
-				reason, ok := reasons[w.id]
+				slower = append(slower, fmt.Sprintf("%s (%s %.0f%% faster%s)", w.title, p.title, (q-1)*100, note))
+				reason, ok := reasons[w.id+"/"+p.key]
 				if !ok {
 					reason = "**No written reason yet: investigate (pprof) and add one to bench/cmd/report/reasons.go.**"
-					missing = append(missing, fmt.Sprintf("%s: %s is %.0f%% faster than keyctl and there is no written reason", w.title, p.title, (k/pv-1)*100))
+					missing = append(missing, fmt.Sprintf("%s: %s is %.0f%% faster than keyctl and there is no written reason", w.title, p.title, (q-1)*100))
 				}
-				fmt.Fprintf(&tg, "- **%s: %s is faster, keyctl takes %.2fx its time.** %s\n", w.title, p.title, k/pv, reason)
+				fmt.Fprintf(&tg, "- **%s: %s is faster, keyctl takes %.2fx its time.** %s\n", w.title, p.title, q, reason)
 			}
 		}
 	}
@@ -259,10 +260,10 @@ func peerSection(r *results) (table, bulk, targets string, missing []string) {
 	// Targets of issue 8.
 	var head strings.Builder
 	enc := workloads[0]
-	k := r.get(benchName(enc, "keyctl"), "ns/op")
-	raw := r.get(benchName(enc, "raw"), "ns/op")
+	k := r.raw(benchName(enc, "keyctl"), "ns/op")
+	raw := r.raw(benchName(enc, "raw"), "ns/op")
 	if len(k) > 0 && len(raw) > 0 {
-		rr := median(k) / median(raw)
+		rr, _ := pairedRatio(k, raw)
 		verdict := "met"
 		if rr > 1.25 {
 			verdict = "**missed**"
@@ -271,12 +272,10 @@ func peerSection(r *results) (table, bulk, targets string, missing []string) {
 		var parts []string
 		allFaster, allSig := true, true
 		for _, p := range peers {
-			pv := r.get(benchName(enc, p.key), "ns/op")
-			sig, pval := differs(k, pv)
-			pr := median(k) / median(pv)
+			pr, pval := pairedRatio(k, r.raw(benchName(enc, p.key), "ns/op"))
 			desc := fmt.Sprintf("%.2fx %s's time", pr, p.title)
-			if !sig {
-				desc += fmt.Sprintf(" (within noise, p=%.2f)", pval)
+			if pval >= 0.05 {
+				desc += fmt.Sprintf(" (within noise, sign test p=%.2f)", pval)
 				allSig = false
 			}
 			if pr >= 1 {
@@ -289,14 +288,14 @@ func peerSection(r *results) (table, bulk, targets string, missing []string) {
 		case !allFaster:
 			verdict = "**not met in this run**"
 		case !allSig:
-			verdict = "met by the medians; where marked, the difference is within this run's noise"
+			verdict = "met by the ratio; where marked, the difference is within this run's noise"
 		}
 		fmt.Fprintf(&head, "- Field encryption at 32 B faster than both peers: keyctl takes %s: %s.\n", strings.Join(parts, " and "), verdict)
 	}
 	if len(slower) == 0 {
-		head.WriteString("- No workload where a peer is more than 10% faster than keyctl (by the medians): met.\n")
+		head.WriteString("- No workload where a peer is more than 10% faster than keyctl (by the paired ratio): met.\n")
 	} else {
-		fmt.Fprintf(&head, "- Workloads where a peer is more than 10%% faster than keyctl (by the medians): %s. The written reasons:\n\n", strings.Join(slower, "; "))
+		fmt.Fprintf(&head, "- Workloads where a peer is more than 10%% faster than keyctl (by the paired ratio): %s. The written reasons:\n\n", strings.Join(slower, "; "))
 		head.WriteString(tg.String())
 	}
 	return t.String(), bt.String(), head.String(), missing
@@ -310,7 +309,7 @@ func coreFieldSection(r *results) (string, string) {
 		for _, size := range []string{"32B", "256B", "4096B"} {
 			rn := fmt.Sprintf("BenchmarkField%s/impl=raw/size=%s", op, size)
 			kn := fmt.Sprintf("BenchmarkField%s/impl=keyctl/size=%s", op, size)
-			rv, kv := r.get(rn, "ns/op"), r.get(kn, "ns/op")
+			rv, kv := r.raw(rn, "ns/op"), r.raw(kn, "ns/op")
 			if len(rv) == 0 || len(kv) == 0 {
 				continue
 			}
@@ -321,7 +320,7 @@ func coreFieldSection(r *results) (string, string) {
 			fmt.Fprintf(&t, "| %s %s | %s | %s | %s | %s / %s |\n", op, label, fmtNs(median(rv)), fmtNs(median(kv)),
 				ratio(kv, rv), fmtAllocs(r.get(rn, "allocs/op")), fmtAllocs(r.get(kn, "allocs/op")))
 			if op == "Encrypt" && size == "32B" {
-				rr := median(kv) / median(rv)
+				rr, _ := pairedRatio(kv, rv)
 				ka := median(r.get(kn, "allocs/op"))
 				v := "Met"
 				if rr > 1.25 || ka > 1 {
@@ -337,14 +336,16 @@ func coreFieldSection(r *results) (string, string) {
 func rewrapSection(r *results) (string, string) {
 	var t strings.Builder
 	t.WriteString("| benchmark | keys/s | throughput vs floor |\n|---|---|---|\n")
-	floor := median(r.get("BenchmarkRewrap100k/impl=raw/workers=1", "keys/s"))
+	floorV := r.raw("BenchmarkRewrap100k/impl=raw/workers=1", "keys/s")
+	floor := median(floorV)
 	var best1 float64
 	for _, n := range r.names("BenchmarkRewrap100k/impl=keyctl/") {
 		ks := median(r.get(n, "keys/s"))
 		w := strings.TrimPrefix(n, "BenchmarkRewrap100k/impl=keyctl/workers=")
 		vs := ""
 		if floor > 0 {
-			vs = fmt.Sprintf("%.2fx", ks/floor)
+			q, _ := pairedRatio(r.raw(n, "keys/s"), floorV)
+			vs = fmt.Sprintf("%.2fx", q)
 		}
 		fmt.Fprintf(&t, "| keyctl, %s worker(s) | %s | %s |\n", w, fmtRate(ks), vs)
 		if w == "1" {

@@ -4,13 +4,12 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
-
-	"golang.org/x/perf/benchmath"
 )
 
 // results holds every measurement of every benchmark, one value per round,
@@ -106,14 +105,53 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// differs reports whether two samples differ significantly (Mann-Whitney U
-// test, alpha 0.05, as benchstat does), and the p-value.
-func differs(a, b []float64) (bool, float64) {
-	if len(a) == 0 || len(b) == 0 {
-		return false, 1
+// raw returns the values of one benchmark and unit in the order they were
+// measured: index i is round i.
+func (r *results) raw(name, unit string) []float64 { return r.vals[name][unit] }
+
+// pairedRatio returns the median over rounds of a[i]/b[i], where a[i] and
+// b[i] were measured in the same round, seconds apart: load from other
+// processes that lasts longer than a round slows both and cancels out. The
+// second result is the two-sided p-value of a sign test that the ratio is 1
+// (how often a beat b, against a fair coin).
+func pairedRatio(a, b []float64) (float64, float64) {
+	n := min(len(a), len(b))
+	if n == 0 {
+		return 0, 1
 	}
-	sa := benchmath.NewSample(append([]float64(nil), a...), &benchmath.DefaultThresholds)
-	sb := benchmath.NewSample(append([]float64(nil), b...), &benchmath.DefaultThresholds)
-	c := benchmath.AssumeNothing.Compare(sa, sb)
-	return c.P < c.Alpha, c.P
+	rs := make([]float64, 0, n)
+	above, below := 0, 0
+	for i := range n {
+		if b[i] == 0 {
+			continue
+		}
+		q := a[i] / b[i]
+		rs = append(rs, q)
+		switch {
+		case q > 1:
+			above++
+		case q < 1:
+			below++
+		}
+	}
+	return median(rs), signTest(above, below)
+}
+
+// signTest returns the two-sided p-value of k = min(above, below) or fewer
+// successes in above+below fair coin flips.
+func signTest(above, below int) float64 {
+	n, k := above+below, min(above, below)
+	if n == 0 {
+		return 1
+	}
+	// P(X <= k) for X ~ Binomial(n, 1/2), doubled.
+	p, c := 0.0, 1.0 // c = C(n, i)
+	for i := 0; i <= k; i++ {
+		if i > 0 {
+			c = c * float64(n-i+1) / float64(i)
+		}
+		p += c
+	}
+	p = 2 * p / math.Pow(2, float64(n))
+	return min(p, 1)
 }
