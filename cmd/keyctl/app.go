@@ -50,6 +50,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
 		<-ctx.Done()
 		stop()
 	}()
+	out := &checkedWriter{w: stdout}
+	stdout = out
 	a := &app{
 		ctx:       ctx,
 		stdin:     stdin,
@@ -72,6 +74,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if out.err != nil {
+		// Output that did not reach its destination (a full disk, a closed
+		// pipe) is a failure even if the command itself succeeded: a script
+		// must not go on as if it had the wrapped keys or the plaintext.
+		err = errors.Join(err, &commandError{err: fmt.Errorf("writing standard output: %w", out.err)})
+		fmt.Fprintln(stderr, errorLine(err))
+		return exitFailure
+	}
 	if err == nil {
 		return exitOK
 	}
@@ -357,3 +367,24 @@ func parseContext(pairs []string) (core.Context, error) {
 }
 
 const contextFlagUsage = "encryption context pair key=value bound to the wrap (repeatable); unwrap needs the same pairs"
+
+// checkedWriter remembers the first write error, so that run can report
+// output that was lost even where a command ignores the error of a write.
+type checkedWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *checkedWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(p)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		c.err = err
+	}
+	return n, err
+}

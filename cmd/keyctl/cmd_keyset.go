@@ -74,6 +74,11 @@ decrypt-only, so values encrypted under it still decrypt. Re-encrypting those
 values is a separate step.`,
 		Args: cobra.NoArgs,
 		RunE: action(func(cmd *cobra.Command, _ []string) error {
+			unlock, err := a.lockKeyset()
+			if err != nil {
+				return err
+			}
+			defer unlock()
 			ks, path, err := a.loadKeyset()
 			if err != nil {
 				return err

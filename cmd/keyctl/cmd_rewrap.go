@@ -272,6 +272,11 @@ func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummar
 }
 
 func (a *app) rewrapKeyset(ring *core.Keyring, rw *core.Rewrapper, sum *rewrapSummary) error {
+	unlock, err := a.lockKeyset()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	ks, path, err := a.loadKeyset()
 	if err != nil {
 		return err
@@ -311,6 +316,16 @@ func (a *app) saveKeyset(ks *core.Keyset, path string) error {
 		return fmt.Errorf("keyset: %w", err)
 	}
 	return nil
+}
+
+// lockKeyset locks the configured keyset file against other keyctl
+// processes; hold it from loadKeyset to saveKeyset when changing the keyset.
+func (a *app) lockKeyset() (func(), error) {
+	cfg, err := a.config()
+	if err != nil {
+		return nil, err
+	}
+	return lockKeysetFile(a.ctx, cfg.Keyset.File)
 }
 
 // loadKeyset reads the configured keyset file.

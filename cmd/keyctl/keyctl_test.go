@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/keyctl/keyctl/config"
@@ -262,4 +264,70 @@ func FuzzUnwrap(f *testing.F) {
 		}
 		checkOneErrorLine(t, "unwrap", stderr)
 	})
+}
+
+// failingWriter accepts nothing, like stdout on a full disk.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, syscall.ENOSPC }
+
+// TestLostOutputFails: output that cannot be written makes keyctl exit 1, so
+// a script never goes on without the wrapped keys or plaintext it asked for.
+func TestLostOutputFails(t *testing.T) {
+	dir := t.TempDir()
+	var stderr bytes.Buffer
+	if code := run([]string{"init", "--dir", dir}, nil, io.Discard, &stderr); code != 0 {
+		t.Fatalf("init: %d %s", code, stderr.String())
+	}
+	cfg := filepath.Join(dir, "keyctl.hcl")
+	for _, args := range [][]string{
+		{"-c", cfg, "wrap"},
+		{"-c", cfg, "--json", "wrap"},
+		{"-c", cfg, "encrypt", "--ad", "x", "value"},
+		{"version"},
+	} {
+		stderr.Reset()
+		code := run(args, strings.NewReader(""), failingWriter{}, &stderr)
+		if code != 1 || !strings.Contains(stderr.String(), "writing standard output") {
+			t.Errorf("%v with a failing stdout: exit %d, stderr %q", args, code, stderr.String())
+		}
+	}
+}
+
+// TestConcurrentKeysetRotate: keyctl processes changing one keyset at once
+// must not lose each other's DEKs (the keyset file is locked while changed).
+func TestConcurrentKeysetRotate(t *testing.T) {
+	dir := t.TempDir()
+	if code := run([]string{"init", "--dir", dir}, nil, io.Discard, io.Discard); code != 0 {
+		t.Fatal("init failed")
+	}
+	cfg := filepath.Join(dir, "keyctl.hcl")
+	const n = 8
+	errs := make(chan string, n)
+	for range n {
+		go func() {
+			var stderr bytes.Buffer
+			if code := run([]string{"-c", cfg, "keyset", "rotate"}, nil, io.Discard, &stderr); code != 0 {
+				errs <- stderr.String()
+				return
+			}
+			errs <- ""
+		}()
+	}
+	for range n {
+		if e := <-errs; e != "" {
+			t.Fatal(e)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "keyset.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := core.ParseKeyset(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ks.DEKs) != n+1 {
+		t.Fatalf("keyset holds %d DEKs after %d concurrent rotations from 1, want %d", len(ks.DEKs), n, n+1)
+	}
 }
