@@ -284,7 +284,18 @@ type RewrapResult struct {
 // returns one result per item, in order. A failed item keeps its input
 // record. It stops starting new items when ctx is done; those get ctx's
 // error.
+//
+// When the primary provider implements [BatchProvider], items whose first
+// configured wrap is the primary's own are rewrapped in batches by
+// [BatchProvider.RewrapKeys] (see batch.go).
 func (rw *Rewrapper) RewrapAll(ctx context.Context, items []RewrapItem, workers int) []RewrapResult {
+	if bp, ok := rw.ring.primary.(BatchProvider); ok {
+		return rw.rewrapAllBatch(ctx, bp, items, max(1, workers))
+	}
+	return rw.rewrapAllSingle(ctx, items, workers)
+}
+
+func (rw *Rewrapper) rewrapAllSingle(ctx context.Context, items []RewrapItem, workers int) []RewrapResult {
 	out := make([]RewrapResult, len(items))
 	workers = max(1, min(workers, len(items)))
 	var next atomic.Int64
