@@ -159,16 +159,13 @@ func (c *DEKCache) acquire(ctx context.Context, key [32]byte, wk *WrappedKey, ec
 		c.stats.Loads++
 		c.mu.Unlock()
 
-		dek, err := c.u.Unwrap(ctx, wk, ec)
+		dek, err := c.load(ctx, key, l, wk, ec)
+		if err != nil {
+			return nil, err
+		}
 
 		c.mu.Lock()
 		delete(c.inflight, key)
-		l.err = err
-		if err != nil {
-			close(l.done)
-			c.mu.Unlock()
-			return nil, err
-		}
 		e := &cacheEntry{key: key, dek: dek, loaded: c.opts.Now()}
 		e.elem = c.lru.PushFront(e)
 		c.entries[key] = e
@@ -178,8 +175,43 @@ func (c *DEKCache) acquire(ctx context.Context, key [32]byte, wk *WrappedKey, ec
 		c.takeLocked(e)
 		close(l.done)
 		c.mu.Unlock()
+		// Evict (and zero) the entry when it expires even if nobody asks
+		// for it again, so plaintext DEKs do not linger in memory.
+		time.AfterFunc(c.opts.MaxAge, func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			c.evictLocked(e)
+		})
 		return e, nil
 	}
+}
+
+// load calls the Unwrapper for a miss. Whatever happens, even a panic in the
+// Unwrapper, the in-flight marker is removed and waiters are released; on
+// success the caller removes the marker, adds the entry and closes l.done
+// under one lock.
+func (c *DEKCache) load(ctx context.Context, key [32]byte, l *cacheLoad, wk *WrappedKey, ec Context) (dek DEK, err error) {
+	ok := false
+	defer func() {
+		if ok {
+			return
+		}
+		if r := recover(); r != nil {
+			err = fmt.Errorf("DEK cache: unwrap panicked: %v", r)
+			defer panic(r)
+		}
+		c.mu.Lock()
+		delete(c.inflight, key)
+		l.err = err
+		close(l.done)
+		c.mu.Unlock()
+	}()
+	dek, err = c.u.Unwrap(ctx, wk, ec)
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return dek, nil
 }
 
 func isContextErr(err error) bool {

@@ -253,3 +253,53 @@ func TestCacheLeaderCancelledWaiterRetries(t *testing.T) {
 		t.Fatalf("waiter inherited the leader's cancellation: %v", err)
 	}
 }
+
+// TestCacheEvictsIdleEntries: an expired DEK is zeroed even if nobody asks
+// for it again.
+func TestCacheEvictsIdleEntries(t *testing.T) {
+	u, _, wk := cacheFixture(t)
+	c := core.NewDEKCache(u, core.CacheOptions{MaxAge: 20 * time.Millisecond})
+	if err := c.Use(context.Background(), wk, nil, func(core.DEK) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Len() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("idle entry never evicted")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !isZero(u.lent[0]) {
+		t.Fatal("idle expired DEK not zeroed")
+	}
+}
+
+type panicker struct{ calls atomic.Int64 }
+
+func (p *panicker) Unwrap(context.Context, *core.WrappedKey, core.Context) (core.DEK, error) {
+	if p.calls.Add(1) == 1 {
+		panic("provider bug")
+	}
+	return core.NewDEK()
+}
+
+// TestCachePanicDoesNotWedge: a panicking Unwrapper propagates to its caller
+// and does not leave the key stuck for later callers.
+func TestCachePanicDoesNotWedge(t *testing.T) {
+	_, _, wk := cacheFixture(t)
+	p := &panicker{}
+	c := core.NewDEKCache(p, core.CacheOptions{})
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("panic swallowed")
+			}
+		}()
+		_ = c.Use(context.Background(), wk, nil, func(core.DEK) error { return nil })
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Use(ctx, wk, nil, func(core.DEK) error { return nil }); err != nil {
+		t.Fatalf("second call after a panic: %v", err)
+	}
+}

@@ -108,6 +108,19 @@ type FieldCipher struct {
 	primary atomic.Pointer[fieldKey]
 	keys    map[uint32]*fieldKey
 	few     []*fieldKey // the same keys when there are few: a scan beats the map
+
+	unavailable map[uint32]error // keyset DEKs that could not be unwrapped
+}
+
+// Unavailable returns the keyset DEKs that OpenFieldCipher could not unwrap,
+// with the reason; values under them fail to decrypt. It is empty when every
+// DEK loaded.
+func (f *FieldCipher) Unavailable() map[uint32]error {
+	out := make(map[uint32]error, len(f.unavailable))
+	for id, err := range f.unavailable {
+		out[id] = err
+	}
+	return out
 }
 
 func (f *FieldCipher) lookup(id uint32) *fieldKey {
@@ -196,6 +209,9 @@ func (f *FieldCipher) Decrypt(ciphertext, associatedData []byte) ([]byte, error)
 	if k == nil {
 		if id == 0 {
 			return nil, fmt.Errorf("field ciphertext: DEK id 0 is reserved: %w", ErrMalformed)
+		}
+		if err, ok := f.unavailable[id]; ok {
+			return nil, fmt.Errorf("field decrypt: %w", err)
 		}
 		return nil, fmt.Errorf("field decrypt: DEK %08x is not in the keyset (unknown or retired): %w", id, ErrKeyNotFound)
 	}

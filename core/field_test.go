@@ -264,6 +264,10 @@ func TestParseKeysetFailures(t *testing.T) {
 		{"bad state", mk(`{"format":1,"deks":[{"id":1,"state":"maybe","created":"2026-01-01T00:00:00Z","wrapped":"` + wk + `"}]}`), core.ErrMalformed},
 		{"missing wrapped", mk(`{"format":1,"deks":[{"id":1,"state":"primary","created":"2026-01-01T00:00:00Z"}]}`), core.ErrMalformed},
 		{"bad wrapped", mk(`{"format":1,"deks":[{"id":1,"state":"primary","created":"2026-01-01T00:00:00Z","wrapped":"keyctl-wk1:AAAA"}]}`), core.ErrMalformed},
+		{"duplicate field", bytes.Replace(good, []byte(`"format": 1`), []byte(`"format": 1, "format": 1`), 1), core.ErrMalformed},
+		{"field in other case", bytes.Replace(good, []byte(`"format": 1`), []byte(`"FORMAT": 1`), 1), core.ErrMalformed},
+		{"entry field in other case", bytes.Replace(good, []byte(`"state"`), []byte(`"State"`), 1), core.ErrMalformed},
+		{"duplicate entry field", bytes.Replace(good, []byte(`"state": "primary"`), []byte(`"state": "retired", "state": "primary"`), 1), core.ErrMalformed},
 		{"id overflow", mk(`{"format":1,"deks":[{"id":4294967296,"state":"primary","created":"2026-01-01T00:00:00Z","wrapped":"` + wk + `"}]}`), core.ErrMalformed},
 	}
 	for _, tc := range tests {
@@ -316,5 +320,39 @@ func TestDecodeFieldTextStrict(t *testing.T) {
 		if _, err := core.DecodeFieldText(bad); !errors.Is(err, core.ErrMalformed) {
 			t.Errorf("DecodeFieldText(%q) = %v, want ErrMalformed", bad, err)
 		}
+	}
+}
+
+// TestOpenFieldCipherSurvivesUnavailableOldDEK: a decrypt-only DEK that
+// cannot be unwrapped does not stop encryption or the other DEKs.
+func TestOpenFieldCipherSurvivesUnavailableOldDEK(t *testing.T) {
+	ctx := context.Background()
+	a, b := newMem("a"), newMem("b")
+	ringB, _ := core.NewKeyring(b)
+	ks := core.NewKeyset()
+	oldID, _ := ks.AddDEK(ctx, ringB, testNow)
+	fOld, _ := ks.OpenFieldCipher(ctx, ringB)
+	ctOld, _ := fOld.Encrypt([]byte("old"), nil)
+	ring, _ := core.NewKeyring(a, b)
+	newID, _ := ks.AddDEK(ctx, ring, testNow)
+
+	b.failAll = core.ErrUnavailable // b's vault is down
+	f, err := ks.OpenFieldCipher(ctx, ring)
+	if err != nil {
+		t.Fatalf("open with an unavailable decrypt-only DEK: %v", err)
+	}
+	if id := f.PrimaryID(); id != newID {
+		t.Fatal("wrong primary")
+	}
+	if _, err := f.Decrypt(ctOld, nil); !errors.Is(err, core.ErrUnavailable) {
+		t.Fatalf("value under the unavailable DEK: %v", err)
+	}
+	if u := f.Unavailable(); len(u) != 1 || u[oldID] == nil {
+		t.Fatalf("Unavailable = %v", u)
+	}
+	// The primary itself must unwrap.
+	a.failAll = core.ErrUnavailable
+	if _, err := ks.OpenFieldCipher(ctx, ring); !errors.Is(err, core.ErrUnavailable) {
+		t.Fatalf("open with the primary unavailable: %v", err)
 	}
 }

@@ -76,7 +76,15 @@ func (r *Keyring) GenerateDEK(ctx context.Context, ec Context) (DEK, *WrappedKey
 	if g, ok := r.primary.(DataKeyGenerator); ok {
 		dek, s, err := g.GenerateDataKey(ctx, ec)
 		if err == nil {
+			if err := dek.Validate(); err != nil {
+				dek.Zero()
+				return nil, nil, fmt.Errorf("provider %s: generate data key: %w", r.primary.Ref(), err)
+			}
 			if err := checkStanza(r.primary, s); err != nil {
+				dek.Zero()
+				return nil, nil, err
+			}
+			if err := verifyStanza(ctx, r.primary, s, dek, ec); err != nil {
 				dek.Zero()
 				return nil, nil, err
 			}
@@ -112,7 +120,26 @@ func (r *Keyring) wrapStanza(ctx context.Context, p KeyProvider, dek DEK, ec Con
 	if err := checkStanza(p, s); err != nil {
 		return Stanza{}, err
 	}
+	if err := verifyStanza(ctx, p, s, dek, ec); err != nil {
+		return Stanza{}, err
+	}
 	return s, nil
+}
+
+// verifyStanza unwraps a new wrap and compares it with the DEK it should
+// hold, so that a wrap that would not open (a faulty provider, a vault bug)
+// is caught while the DEK is still at hand, not when it is needed.
+func verifyStanza(ctx context.Context, p KeyProvider, s Stanza, dek DEK, ec Context) error {
+	check, err := p.UnwrapKey(ctx, s, ec)
+	if err != nil {
+		return fmt.Errorf("provider %s: verify new wrap: %w", p.Ref(), err)
+	}
+	same := check.Equal(dek)
+	check.Zero()
+	if !same {
+		return fmt.Errorf("provider %s: verify new wrap: unwrapped to a different DEK", p.Ref())
+	}
+	return nil
 }
 
 // checkStanza verifies that a provider returned a valid stanza under its own
@@ -134,8 +161,18 @@ func checkStanza(p KeyProvider, s Stanza) error {
 // every failure. When no stanza names a configured provider the error wraps
 // ErrNoProvider and names what the record asks for and what is configured.
 func (r *Keyring) Unwrap(ctx context.Context, wk *WrappedKey, ec Context) (DEK, error) {
+	dek, _, err := r.unwrap(ctx, wk, ec, -1)
+	return dek, err
+}
+
+// unwrap is Unwrap that also returns the index of the stanza that opened,
+// skipping stanza skip.
+func (r *Keyring) unwrap(ctx context.Context, wk *WrappedKey, ec Context, skip int) (DEK, int, error) {
 	var errs []error
-	for _, s := range wk.Stanzas {
+	for i, s := range wk.Stanzas {
+		if i == skip {
+			continue
+		}
 		p, ok := r.providers[s.Ref()]
 		if !ok {
 			continue
@@ -146,7 +183,7 @@ func (r *Keyring) Unwrap(ctx context.Context, wk *WrappedKey, ec Context) (DEK, 
 				dek.Zero()
 				err = fmt.Errorf("returned a bad DEK: %w", verr)
 			} else {
-				return dek, nil
+				return dek, i, nil
 			}
 		}
 		errs = append(errs, fmt.Errorf("provider %s: unwrap with key version %q: %w", s.Ref(), s.KeyVersion, err))
@@ -155,9 +192,9 @@ func (r *Keyring) Unwrap(ctx context.Context, wk *WrappedKey, ec Context) (DEK, 
 		}
 	}
 	if len(errs) == 0 {
-		return nil, r.noProvider(wk)
+		return nil, -1, r.noProvider(wk)
 	}
-	return nil, errors.Join(errs...)
+	return nil, -1, errors.Join(errs...)
 }
 
 func (r *Keyring) noProvider(wk *WrappedKey) error {
@@ -206,6 +243,13 @@ func (s RewrapStatus) String() string {
 type Rewrapper struct {
 	ring    *Keyring
 	current string
+
+	// VerifyCurrent makes Rewrap open a record's wrap under the current
+	// version before calling it already current, instead of trusting the
+	// labels in the record. A current-version wrap that does not open is
+	// replaced from the record's other wraps. It costs one unwrap per
+	// record.
+	VerifyCurrent bool
 }
 
 // NewRewrapper returns a Rewrapper for r, reading the primary's current KEK
@@ -230,12 +274,26 @@ func (r *Keyring) NewRewrapper(ctx context.Context) (*Rewrapper, error) {
 func (rw *Rewrapper) Rewrap(ctx context.Context, wk *WrappedKey, ec Context) (*WrappedKey, RewrapStatus, error) {
 	primary := rw.ring.primary
 	ref := primary.Ref()
-	for _, s := range wk.Stanzas {
-		if s.Ref() == ref && s.KeyVersion == rw.current {
+	broken := -1 // a current-version wrap that failed VerifyCurrent
+	for i, s := range wk.Stanzas {
+		if s.Ref() != ref || s.KeyVersion != rw.current {
+			continue
+		}
+		if !rw.VerifyCurrent {
 			return wk, AlreadyCurrent, nil
 		}
+		d, err := primary.UnwrapKey(ctx, s, ec)
+		if err == nil && d.Validate() == nil {
+			d.Zero()
+			return wk, AlreadyCurrent, nil
+		}
+		d.Zero()
+		if ctx.Err() != nil {
+			return nil, RewrapFailed, ctx.Err()
+		}
+		broken = i
 	}
-	dek, err := rw.ring.Unwrap(ctx, wk, ec)
+	dek, opened, err := rw.ring.unwrap(ctx, wk, ec, broken)
 	if err != nil {
 		return nil, RewrapFailed, err
 	}
@@ -244,26 +302,51 @@ func (rw *Rewrapper) Rewrap(ctx context.Context, wk *WrappedKey, ec Context) (*W
 	if err != nil {
 		return nil, RewrapFailed, err
 	}
-	check, err := primary.UnwrapKey(ctx, s, ec)
-	if err != nil {
-		return nil, RewrapFailed, fmt.Errorf("provider %s: verify new wrap: %w", ref, err)
-	}
-	same := check.Equal(dek)
-	check.Zero()
-	if !same {
-		return nil, RewrapFailed, fmt.Errorf("provider %s: verify new wrap: unwrapped to a different DEK", ref)
-	}
 	out := &WrappedKey{Stanzas: make([]Stanza, 0, len(wk.Stanzas)+1)}
 	out.Stanzas = append(out.Stanzas, s)
-	for _, o := range wk.Stanzas {
+	for i, o := range wk.Stanzas {
 		if o.Ref() != ref {
+			out.Stanzas = append(out.Stanzas, o) // another KEK's wrap stays
+			continue
+		}
+		drop, err := rw.replaceable(ctx, o, i == opened || i == broken, dek, ec)
+		if err != nil {
+			return nil, RewrapFailed, fmt.Errorf("rewrap: wrap %d (%s version %q): %w", i, ref, o.KeyVersion, err)
+		}
+		if !drop {
 			out.Stanzas = append(out.Stanzas, o)
 		}
 	}
-	if len(out.Stanzas) > MaxStanzas {
-		return nil, RewrapFailed, fmt.Errorf("rewrap: result would hold %d wraps, limit %d: %w", len(out.Stanzas), MaxStanzas, ErrMalformed)
+	if err := out.Validate(); err != nil {
+		return nil, RewrapFailed, fmt.Errorf("rewrap: %w", err)
 	}
 	return out, Rewrapped, nil
+}
+
+// replaceable decides whether an older wrap under the primary KEK may be
+// dropped now that the DEK is wrapped under the current version: only if it
+// is known to hold the same DEK (it is the wrap that was opened, or it opens
+// to the same DEK), or if it can never open again (its version is gone, or it
+// is the broken current-version wrap). A wrap that opens to another DEK means
+// the record is inconsistent: the rewrap fails and changes nothing. A wrap
+// that cannot be checked now (a disabled version, say) is kept.
+func (rw *Rewrapper) replaceable(ctx context.Context, o Stanza, known bool, dek DEK, ec Context) (bool, error) {
+	if known || o.KeyVersion == rw.current {
+		return true, nil
+	}
+	d, err := rw.ring.primary.UnwrapKey(ctx, o, ec)
+	if err != nil {
+		if errors.Is(err, ErrKeyNotFound) {
+			return true, nil
+		}
+		return false, nil
+	}
+	same := d.Equal(dek)
+	d.Zero()
+	if !same {
+		return false, fmt.Errorf("holds a different DEK than the wrap that opened; the record is inconsistent: %w", ErrUnwrapFailed)
+	}
+	return true, nil
 }
 
 // RewrapItem is one wrapped key to rewrap with the context bound to it.

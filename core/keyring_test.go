@@ -1,6 +1,7 @@
 package core_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -227,6 +228,104 @@ func TestRewrapAll(t *testing.T) {
 	for _, r := range rw.RewrapAll(cctx, items[:5], 2) {
 		if !errors.Is(r.Err, context.Canceled) {
 			t.Fatalf("cancelled RewrapAll: %v", r.Err)
+		}
+	}
+}
+
+// TestRewrapNeverDropsAnUnverifiedWrap: a record whose wraps hold different
+// DEKs (a hand-assembled or hostile record) makes rewrap fail without
+// dropping anything, instead of rewrapping the wrong DEK and discarding the
+// real one.
+func TestRewrapNeverDropsAnUnverifiedWrap(t *testing.T) {
+	ctx := context.Background()
+	a, b := newMem("a"), newMem("b")
+	real, _ := core.NewDEK()
+	other, _ := core.NewDEK()
+	sa, _ := a.WrapKey(ctx, real, nil)
+	sb, _ := b.WrapKey(ctx, other, nil)
+	wk := &core.WrappedKey{Stanzas: []core.Stanza{sb, sa}}
+	ring, _ := core.NewKeyring(a, b)
+	if _, err := a.RotateKey(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rw, _ := ring.NewRewrapper(ctx)
+	out, st, err := rw.Rewrap(ctx, wk, nil)
+	if st != core.RewrapFailed || !errors.Is(err, core.ErrUnwrapFailed) || !strings.Contains(err.Error(), "inconsistent") {
+		t.Fatalf("rewrap of an inconsistent record = %v, %v, %v", out, st, err)
+	}
+}
+
+func TestRewrapDropsWrapsOfDestroyedVersions(t *testing.T) {
+	ctx := context.Background()
+	a := newMem("a")
+	ring, _ := core.NewKeyring(a)
+	dek, wk, _ := ring.GenerateDEK(ctx, nil)
+	gone := wk.Stanzas[0]
+	gone.KeyVersion = "7" // a version the provider no longer has
+	wk.Stanzas = append(wk.Stanzas, gone)
+	_, _ = a.RotateKey(ctx)
+	rw, _ := ring.NewRewrapper(ctx)
+	out, st, err := rw.Rewrap(ctx, wk, nil)
+	if err != nil || st != core.Rewrapped || len(out.Stanzas) != 1 || out.Stanzas[0].KeyVersion != "2" {
+		t.Fatalf("rewrap = %v %v %+v", st, err, out)
+	}
+	if got, err := ring.Unwrap(ctx, out, nil); err != nil || !got.Equal(dek) {
+		t.Fatal(err)
+	}
+}
+
+// TestRewrapVerifyCurrent: with VerifyCurrent a record whose current-version
+// wrap is damaged is repaired from its other wraps instead of being called
+// already current.
+func TestRewrapVerifyCurrent(t *testing.T) {
+	ctx := context.Background()
+	a := newMem("a")
+	ring, _ := core.NewKeyring(a)
+	dek, wk, _ := ring.GenerateDEK(ctx, nil)
+	_, _ = a.RotateKey(ctx)
+	fake := wk.Stanzas[0]
+	fake.KeyVersion = "2"
+	fake.Data = bytes.Repeat([]byte{1}, 60)
+	wk.Stanzas = append([]core.Stanza{fake}, wk.Stanzas...)
+
+	rw, _ := ring.NewRewrapper(ctx)
+	if _, st, _ := rw.Rewrap(ctx, wk, nil); st != core.AlreadyCurrent {
+		t.Fatalf("without VerifyCurrent: %v", st)
+	}
+	rw.VerifyCurrent = true
+	out, st, err := rw.Rewrap(ctx, wk, nil)
+	if err != nil || st != core.Rewrapped || len(out.Stanzas) != 1 {
+		t.Fatalf("with VerifyCurrent: %v %v %+v", st, err, out)
+	}
+	if got, err := a.UnwrapKey(ctx, out.Stanzas[0], nil); err != nil || !got.Equal(dek) {
+		t.Fatalf("repaired wrap: %v", err)
+	}
+	if _, st, _ := rw.Rewrap(ctx, out, nil); st != core.AlreadyCurrent {
+		t.Fatalf("repaired record not current: %v", st)
+	}
+}
+
+// badGenerator returns DEKs that its wraps do not hold, or short DEKs.
+type badGenerator struct {
+	*memProvider
+	short bool
+}
+
+func (g badGenerator) GenerateDataKey(ctx context.Context, ec core.Context) (core.DEK, core.Stanza, error) {
+	d, _ := core.NewDEK()
+	s, err := g.WrapKey(ctx, d, ec)
+	other, _ := core.NewDEK()
+	if g.short {
+		return other[:16], s, err
+	}
+	return other, s, err
+}
+
+func TestGenerateDEKVerifiesProvider(t *testing.T) {
+	for _, short := range []bool{false, true} {
+		ring, _ := core.NewKeyring(badGenerator{newMem("a"), short})
+		if _, _, err := ring.GenerateDEK(context.Background(), nil); err == nil {
+			t.Fatalf("short=%v: a generated DEK that does not match its wrap was accepted", short)
 		}
 	}
 }

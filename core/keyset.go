@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -81,6 +82,9 @@ func NewKeyset() *Keyset { return &Keyset{Format: KeysetFormatV1} }
 func ParseKeyset(b []byte) (*Keyset, error) {
 	if len(b) > MaxKeysetBytes {
 		return nil, fmt.Errorf("keyset: %d bytes exceeds the limit of %d: %w", len(b), MaxKeysetBytes, ErrMalformed)
+	}
+	if err := strictKeysetJSON(b); err != nil {
+		return nil, fmt.Errorf("keyset: %w", err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -246,6 +250,9 @@ func (ks *Keyset) SetState(id uint32, s DEKState) error {
 
 // OpenFieldCipher unwraps every primary and decrypt-only DEK of ks with ring
 // (retired ones are not loaded) and returns a FieldCipher over them. The
+// primary must unwrap; a decrypt-only DEK that does not (its KEK version is
+// disabled, its vault is down) does not stop the others: values under it fail
+// to decrypt with that error, and [FieldCipher.Unavailable] lists it. The
 // plaintext DEKs are zeroed before it returns.
 func (ks *Keyset) OpenFieldCipher(ctx context.Context, ring *Keyring) (*FieldCipher, error) {
 	p, err := ks.Primary()
@@ -253,6 +260,7 @@ func (ks *Keyset) OpenFieldCipher(ctx context.Context, ring *Keyring) (*FieldCip
 		return nil, err
 	}
 	keys := make(map[uint32]DEK, len(ks.DEKs))
+	unavailable := map[uint32]error{}
 	defer func() {
 		for _, k := range keys {
 			k.Zero()
@@ -265,9 +273,85 @@ func (ks *Keyset) OpenFieldCipher(ctx context.Context, ring *Keyring) (*FieldCip
 		}
 		dek, err := ring.Unwrap(ctx, e.Wrapped, e.Context())
 		if err != nil {
-			return nil, fmt.Errorf("keyset: DEK %08x: %w", e.ID, err)
+			err = fmt.Errorf("keyset: DEK %08x: %w", e.ID, err)
+			if e.ID == p.ID || ctx.Err() != nil {
+				return nil, err
+			}
+			unavailable[e.ID] = err
+			continue
 		}
 		keys[e.ID] = dek
 	}
-	return NewFieldCipher(p.ID, keys)
+	f, err := NewFieldCipher(p.ID, keys)
+	if err != nil {
+		return nil, err
+	}
+	if len(unavailable) > 0 {
+		f.unavailable = unavailable
+	}
+	return f, nil
+}
+
+// keysetFields are the exact field names of the keyset's two object levels.
+var keysetFields = [2]map[string]bool{
+	{"format": true, "deks": true},
+	{"id": true, "state": true, "created": true, "wrapped": true},
+}
+
+// strictKeysetJSON refuses what encoding/json would let through: duplicate
+// field names (the last would win) and field names in another case (they
+// would match case-insensitively). A keyset is read by tools and people
+// alike; both must see the same thing.
+func strictKeysetJSON(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	type frame struct {
+		object bool
+		seen   map[string]bool
+		key    bool // the next token is a field name
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return fmt.Errorf("%v: %w", err, ErrMalformed)
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if name, ok := tok.(string); ok && top != nil && top.object && top.key {
+			if top.seen[name] {
+				return fmt.Errorf("field %q appears twice: %w", name, ErrMalformed)
+			}
+			top.seen[name] = true
+			objects := 0
+			for _, f := range stack {
+				if f.object {
+					objects++
+				}
+			}
+			if objects <= len(keysetFields) && !keysetFields[objects-1][name] {
+				return fmt.Errorf("unknown field %q (names are case-sensitive): %w", name, ErrMalformed)
+			}
+			top.key = false
+			continue
+		}
+		if top != nil && top.object {
+			top.key = true // after this value comes the next field name
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{object: true, seen: map[string]bool{}, key: true})
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			if len(stack) > 0 && stack[len(stack)-1].object {
+				stack[len(stack)-1].key = true
+			}
+		}
+	}
 }
