@@ -74,7 +74,11 @@ func (rw *Rewrapper) rewrapAllBatch(ctx context.Context, bp BatchProvider, items
 			out[i].Status = AlreadyCurrent
 			continue
 		}
-		if s, ok := rw.firstConfigured(it.Key); ok && s.Ref() == ref {
+		// Batch only the plain case: the primary's own wrap opens first and
+		// is its only wrap, so the provider-verified rewrap replaces exactly
+		// that wrap. Records with several wraps under the primary KEK go
+		// through Rewrap, which checks each before dropping it.
+		if s, ok := rw.firstConfigured(it.Key); ok && s.Ref() == ref && rw.refStanzas(it.Key, ref) == 1 {
 			batched = append(batched, i)
 		} else {
 			single = append(single, i)
@@ -173,6 +177,16 @@ func (rw *Rewrapper) firstConfigured(wk *WrappedKey) (Stanza, bool) {
 	return Stanza{}, false
 }
 
+func (rw *Rewrapper) refStanzas(wk *WrappedKey, ref KeyRef) int {
+	n := 0
+	for _, s := range wk.Stanzas {
+		if s.Ref() == ref {
+			n++
+		}
+	}
+	return n
+}
+
 func (rw *Rewrapper) configuredStanzas(wk *WrappedKey) int {
 	n := 0
 	for _, s := range wk.Stanzas {
@@ -184,7 +198,8 @@ func (rw *Rewrapper) configuredStanzas(wk *WrappedKey) int {
 }
 
 // replace builds the rewrapped record as Rewrap does: s first, the
-// primary's older stanzas dropped, the others kept.
+// primary's older stanza (there is exactly one: see rewrapAllBatch) dropped,
+// the others kept.
 func (rw *Rewrapper) replace(wk *WrappedKey, s Stanza) (*WrappedKey, error) {
 	ref := rw.ring.primary.Ref()
 	out := &WrappedKey{Stanzas: make([]Stanza, 0, len(wk.Stanzas)+1)}

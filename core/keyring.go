@@ -368,11 +368,12 @@ type RewrapResult struct {
 // record. It stops starting new items when ctx is done; those get ctx's
 // error.
 //
-// When the primary provider implements [BatchProvider], items whose first
+// When the primary provider implements [BatchProvider] (and VerifyCurrent
+// is off), items whose first
 // configured wrap is the primary's own are rewrapped in batches by
 // [BatchProvider.RewrapKeys] (see batch.go).
 func (rw *Rewrapper) RewrapAll(ctx context.Context, items []RewrapItem, workers int) []RewrapResult {
-	if bp, ok := rw.ring.primary.(BatchProvider); ok {
+	if bp, ok := rw.ring.primary.(BatchProvider); ok && !rw.VerifyCurrent {
 		return rw.rewrapAllBatch(ctx, bp, items, max(1, workers))
 	}
 	return rw.rewrapAllSingle(ctx, items, workers)
