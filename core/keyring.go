@@ -369,9 +369,8 @@ type RewrapResult struct {
 // error.
 //
 // When the primary provider implements [BatchProvider] (and VerifyCurrent
-// is off), items whose first
-// configured wrap is the primary's own are rewrapped in batches by
-// [BatchProvider.RewrapKeys] (see batch.go).
+// is off), items whose first configured wrap is the primary's own are
+// rewrapped in batches by [BatchProvider.RewrapKeys] (see batch.go).
 func (rw *Rewrapper) RewrapAll(ctx context.Context, items []RewrapItem, workers int) []RewrapResult {
 	if bp, ok := rw.ring.primary.(BatchProvider); ok && !rw.VerifyCurrent {
 		return rw.rewrapAllBatch(ctx, bp, items, max(1, workers))
