@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -85,7 +86,7 @@ exits with status 2.`,
 		}),
 	}
 	c.Flags().StringVar(&dir, "dir", ".", "directory to create the files in (created if missing)")
-	c.Flags().StringVar(&keyID, "key-id", "local", "KEK id written in every wrapped key")
+	c.Flags().StringVar(&keyID, "key-id", "", "KEK id written in every wrapped key (default: local-<8 random hex digits>, unique per init)")
 	c.Flags().StringVar(&passEnv, "passphrase-env", "", "protect the key file with the passphrase held in this environment variable")
 	_ = c.MarkFlagDirname("dir")
 	return c
@@ -106,7 +107,14 @@ func (a *app) runInit(dir, keyID, passEnv string) (err error) {
 		defer clear(pass)
 	}
 	if keyID == "" {
-		return usagef("--key-id must not be empty")
+		// A unique id per key file: wrapped keys from another init are then
+		// reported as foreign (no provider) rather than as tampered, and
+		// two key files can share a keyring.
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return fmt.Errorf("init: key id: %w", err)
+		}
+		keyID = fmt.Sprintf("local-%x", b)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("init: %v", pathErr(err))

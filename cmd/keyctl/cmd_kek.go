@@ -117,7 +117,7 @@ type kekChangeResult struct {
 
 func (a *app) kekCommand() *cobra.Command {
 	var provName string
-	var yes bool
+	var yes, force bool
 
 	list := &cobra.Command{
 		Use:   "list",
@@ -157,8 +157,10 @@ func (a *app) kekCommand() *cobra.Command {
 			Args:  cobra.ExactArgs(1),
 			RunE: action(func(cmd *cobra.Command, args []string) error {
 				v := args[0]
-				if state == localfile.StateDestroyed && !yes {
-					return a.refuseDestroy(provName, v)
+				if state == localfile.StateDestroyed {
+					if err := a.checkDestroy(provName, v, yes, force); err != nil {
+						return err
+					}
 				}
 				name, lp, err := a.localProvider(provName)
 				if err != nil {
@@ -192,6 +194,7 @@ with 'keyctl inspect', then pass --yes. The current version cannot be
 destroyed.`,
 		(*localfile.Provider).DestroyVersion, localfile.StateDestroyed)
 	destroy.Flags().BoolVar(&yes, "yes", false, "confirm that the version's key is to be destroyed")
+	destroy.Flags().BoolVar(&force, "force-unreadable", false, "destroy even though DEKs of the configured keyset are wrapped only under this version (they become unreadable)")
 
 	c := group("kek", "Manage the KEK versions of a local key file",
 		`List, disable, enable and destroy the KEK versions of a localfile provider
@@ -201,10 +204,23 @@ destroyed.`,
 	return c
 }
 
-// refuseDestroy explains what destroying version v would make unreadable.
-func (a *app) refuseDestroy(provName, v string) error {
+// checkDestroy refuses to destroy version v without --yes, and, even with
+// --yes, while DEKs of the configured keyset are wrapped only under it,
+// unless --force-unreadable says to go ahead anyway.
+func (a *app) checkDestroy(provName, v string, yes, force bool) error {
+	n, known := a.keysetDependents(provName, v)
+	if yes && (force || !known || n == 0) {
+		if force && n > 0 {
+			fmt.Fprintf(a.stderr, "keyctl: warning: destroying KEK version %s makes %d DEK(s) of the configured keyset, and every value encrypted under them, unreadable\n", oneLine(v), n)
+		}
+		return nil
+	}
+	if yes {
+		return withHint(usagef("refusing to destroy KEK version %s: %d DEK(s) of the configured keyset are wrapped only under it, and every value encrypted under them would become unreadable", oneLine(v), n),
+			"rewrap first (keyctl rewrap --keyset), or pass --force-unreadable as well if that loss is intended")
+	}
 	msg := fmt.Sprintf("refusing to destroy KEK version %s without --yes: destroying it is permanent, and every wrapped key whose only wrap is under this version (with all data encrypted under those DEKs) becomes unreadable", oneLine(v))
-	if n, ok := a.keysetDependents(provName, v); ok && n > 0 {
+	if known && n > 0 {
 		msg += fmt.Sprintf("; %d DEK(s) of the configured keyset are wrapped only under it", n)
 	}
 	return withHint(usagef("%s", msg), "rewrap first (keyctl rewrap FILE..., keyctl rewrap --keyset), then run again with --yes")
