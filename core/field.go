@@ -106,8 +106,8 @@ type fieldKey struct {
 // vault is called per value. It is safe for concurrent use.
 type FieldCipher struct {
 	primary atomic.Pointer[fieldKey]
-	keys    map[uint32]*fieldKey
-	few     []*fieldKey // the same keys when there are few: a scan beats the map
+	keys    map[uint32]*fieldKey // the DEKs by id, when there are many
+	few     []*fieldKey          // the DEKs when there are few: a scan beats a map
 
 	unavailable map[uint32]error // keyset DEKs that could not be unwrapped
 }
@@ -140,7 +140,9 @@ func (f *FieldCipher) lookup(id uint32) *fieldKey {
 // are copied into AES key schedules; the caller still owns and should zero
 // keys.
 func NewFieldCipher(primary uint32, keys map[uint32]DEK) (*FieldCipher, error) {
-	f := &FieldCipher{keys: make(map[uint32]*fieldKey, len(keys))}
+	f := &FieldCipher{}
+	all := make([]*fieldKey, 0, len(keys))
+	var p *fieldKey
 	for id, dek := range keys {
 		if id == 0 {
 			return nil, fmt.Errorf("field cipher: DEK id 0 is reserved: %w", ErrMalformed)
@@ -156,17 +158,22 @@ func NewFieldCipher(primary uint32, keys map[uint32]DEK) (*FieldCipher, error) {
 		if err != nil {
 			return nil, fmt.Errorf("field cipher: DEK %08x: %w", id, err)
 		}
-		f.keys[id] = &fieldKey{id: id, aead: aead}
-	}
-	if len(f.keys) <= 8 {
-		f.few = make([]*fieldKey, 0, len(f.keys))
-		for _, k := range f.keys {
-			f.few = append(f.few, k)
+		k := &fieldKey{id: id, aead: aead}
+		all = append(all, k)
+		if id == primary {
+			p = k
 		}
 	}
-	p, ok := f.keys[primary]
-	if !ok {
+	if p == nil {
 		return nil, fmt.Errorf("field cipher: primary DEK %08x is not among the keys: %w", primary, ErrKeyNotFound)
+	}
+	if len(all) <= 8 {
+		f.few = all
+	} else {
+		f.keys = make(map[uint32]*fieldKey, len(all))
+		for _, k := range all {
+			f.keys[k.id] = k
+		}
 	}
 	f.primary.Store(p)
 	return f, nil

@@ -311,13 +311,22 @@ func parseWrappedKeyText(t []byte) (*WrappedKey, error) {
 
 // reader is a bounds-checked cursor over a binary record.
 type reader struct {
-	b    []byte
-	off  int
-	what string // record name for messages
+	b      []byte
+	off    int
+	what   string // record name for messages
+	stanza int    // index of the stanza being read, -1 in the header
+}
+
+// name renders a field name for a message, only when there is an error.
+func (r *reader) name(field string) string {
+	if r.stanza < 0 {
+		return field
+	}
+	return fmt.Sprintf("%s of wrap %d", field, r.stanza)
 }
 
 func (r *reader) truncated(field string) error {
-	return fmt.Errorf("%s: truncated at byte %d reading %s: %w", r.what, len(r.b), field, ErrMalformed)
+	return fmt.Errorf("%s: truncated at byte %d reading %s: %w", r.what, len(r.b), r.name(field), ErrMalformed)
 }
 
 func (r *reader) u8(field string) (byte, error) {
@@ -342,7 +351,7 @@ func (r *reader) u16(field string) (int, error) {
 // else so that a hostile length never drives an allocation.
 func (r *reader) bytes(n, limit int, field string) ([]byte, error) {
 	if n > limit {
-		return nil, fmt.Errorf("%s: %s length %d exceeds the limit of %d: %w", r.what, field, n, limit, ErrMalformed)
+		return nil, fmt.Errorf("%s: %s length %d exceeds the limit of %d: %w", r.what, r.name(field), n, limit, ErrMalformed)
 	}
 	if r.off+n > len(r.b) {
 		return nil, r.truncated(field)
@@ -363,7 +372,7 @@ func parseWrappedKeyBinary(b []byte) (*WrappedKey, error) {
 		}
 		return nil, fmt.Errorf("%s: missing KCWK magic: %w", what, ErrMalformed)
 	}
-	r := &reader{b: b, off: len(wkMagic), what: what}
+	r := &reader{b: b, off: len(wkMagic), what: what, stanza: -1}
 	ver, err := r.u8("format version")
 	if err != nil {
 		return nil, err
@@ -381,44 +390,44 @@ func parseWrappedKeyBinary(b []byte) (*WrappedKey, error) {
 	w := &WrappedKey{Stanzas: make([]Stanza, 0, count)}
 	for i := range int(count) {
 		var s Stanza
-		field := func(f string) string { return fmt.Sprintf("%s of wrap %d", f, i) }
-		n, err := r.u8(field("provider type length"))
+		r.stanza = i
+		n, err := r.u8("provider type length")
 		if err != nil {
 			return nil, err
 		}
-		p, err := r.bytes(int(n), MaxProviderTypeLen, field("provider type"))
+		p, err := r.bytes(int(n), MaxProviderTypeLen, "provider type")
 		if err != nil {
 			return nil, err
 		}
 		s.Provider = string(p)
-		ln, err := r.u16(field("key id length"))
+		ln, err := r.u16("key id length")
 		if err != nil {
 			return nil, err
 		}
-		k, err := r.bytes(ln, MaxKeyIDLen, field("key id"))
+		k, err := r.bytes(ln, MaxKeyIDLen, "key id")
 		if err != nil {
 			return nil, err
 		}
 		s.KeyID = string(k)
-		ln, err = r.u16(field("key version length"))
+		ln, err = r.u16("key version length")
 		if err != nil {
 			return nil, err
 		}
-		v, err := r.bytes(ln, MaxKeyVersionLen, field("key version"))
+		v, err := r.bytes(ln, MaxKeyVersionLen, "key version")
 		if err != nil {
 			return nil, err
 		}
 		s.KeyVersion = string(v)
-		a, err := r.u8(field("algorithm"))
+		a, err := r.u8("algorithm")
 		if err != nil {
 			return nil, err
 		}
 		s.Algorithm = Algorithm(a)
-		ln, err = r.u16(field("wrapped bytes length"))
+		ln, err = r.u16("wrapped bytes length")
 		if err != nil {
 			return nil, err
 		}
-		d, err := r.bytes(ln, MaxWrappedLen, field("wrapped bytes"))
+		d, err := r.bytes(ln, MaxWrappedLen, "wrapped bytes")
 		if err != nil {
 			return nil, err
 		}
