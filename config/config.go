@@ -5,21 +5,33 @@
 // where the keyset of DEKs is stored:
 //
 //	provider "localfile" "local" {
-//	  key_file       = "kek.json"
-//	  passphrase_env = "KEYCTL_PASSPHRASE"
+//	  key_file   = "kek.json"
+//	  passphrase = env("KEYCTL_PASSPHRASE") # or passphrase_env = "KEYCTL_PASSPHRASE"
+//	}
+//	provider "example" "ext" {             # a third-party provider plugin
+//	  plugin = "/usr/local/libexec/keyctl-provider-example"
+//	  sha256 = "<hex sha256 of that file>"
+//	  label  = "demo"                      # the plugin's own attributes
 //	}
 //	keyring {
 //	  primary      = "local"
-//	  decrypt_only = []
+//	  decrypt_only = ["ext"]
+//	  cache {
+//	    max_age  = "5m"
+//	    max_uses = 1000
+//	  }
 //	}
 //	keyset {
 //	  file = "keyset.json"
 //	}
 //
-// Each provider block carries attributes of its own, decoded according to
-// the provider type given as the block's first label. Relative paths resolve
-// against the directory of the configuration file. Secrets never appear in
-// the file: a passphrase is named by the environment variable that holds it.
+// Each provider block carries attributes of its own, checked against the
+// schema the provider reports (see package plugin): built-in providers
+// report theirs from a fixed table, a third-party plugin is asked for it
+// (after its sha256 is checked) before its block is decoded. Relative paths
+// resolve against the directory of the configuration file. Secrets never
+// appear in the file: a secret attribute is only accepted as env("VAR") (or
+// its shorthand NAME_env = "VAR"), read from the environment at load time.
 //
 // Errors are HCL diagnostics. [Load] and [Parse] return them as an *[Error],
 // which wraps [ErrInvalid] and renders each diagnostic as file:line,column
@@ -28,18 +40,30 @@
 package config
 
 import (
+	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+	"github.com/zclconf/go-cty/cty/function"
+
+	"github.com/keyctl/keyctl/plugin"
+	"github.com/keyctl/keyctl/plugin/builtin"
 )
 
 // DefaultFile is the configuration file name used when none is given.
@@ -53,12 +77,8 @@ const EnvConfig = "KEYCTL_CONFIG"
 // it is parsed.
 const MaxFileSize = 1 << 20
 
-// Provider types this build knows. A later version adds types served by
-// plugins.
-const (
-	// TypeLocalFile is a key file on local disk (providers/localfile).
-	TypeLocalFile = "localfile"
-)
+// TypeLocalFile is the type of the built-in key-file provider.
+const TypeLocalFile = "localfile"
 
 // ErrInvalid is wrapped by every error that reports a problem in the
 // configuration itself (as opposed to a file that cannot be read).
@@ -67,6 +87,65 @@ var ErrInvalid = errors.New("invalid configuration")
 // ErrNotFound is wrapped by the error [Load] returns when the configuration
 // file does not exist.
 var ErrNotFound = errors.New("configuration file not found")
+
+// ErrUnknownType is returned by an Options.Schema function for a provider
+// type it does not know.
+var ErrUnknownType = errors.New("unknown provider type")
+
+// Options adjusts how a file is decoded. The zero Options uses the built-in
+// providers' schemas and asks third-party plugins for theirs.
+type Options struct {
+	// Schema returns the schema of provider block p (p.Type, p.Plugin and
+	// p.SHA256 are set). An error wrapping ErrUnknownType gives the
+	// "Unknown provider type" diagnostic.
+	Schema func(p *Provider) (plugin.Schema, error)
+	// KnownTypes lists the types Schema knows without a plugin, for
+	// messages.
+	KnownTypes []string
+	// Getenv reads the environment for env() and NAME_env; nil uses
+	// os.LookupEnv.
+	Getenv func(string) (string, bool)
+}
+
+func (o *Options) defaults() {
+	if o.Schema == nil {
+		o.Schema = DefaultSchema
+		o.KnownTypes = builtin.Types()
+	}
+	if o.Getenv == nil {
+		o.Getenv = os.LookupEnv
+	}
+}
+
+// DefaultSchema returns the schema of a built-in provider, or asks a
+// third-party plugin (p.Plugin, whose sha256 must match p.SHA256) for its
+// own. Starting a plugin to read its schema does not configure it and does
+// not touch its vault.
+func DefaultSchema(p *Provider) (plugin.Schema, error) {
+	if p.Plugin == "" {
+		b, ok := builtin.Lookup(p.Type)
+		if !ok {
+			return plugin.Schema{}, ErrUnknownType
+		}
+		return b.Schema, nil
+	}
+	path := p.Plugin
+	typ, s, err := plugin.FetchSchema(context.Background(), plugin.ClientConfig{
+		Name:     p.Name,
+		Type:     p.Type,
+		Command:  func() *exec.Cmd { return exec.Command(path) },
+		SHA256:   p.SHA256,
+		AutoMTLS: true,
+		Logger:   hclog.New(&hclog.LoggerOptions{Name: "keyctl", Output: os.Stderr, Level: hclog.Error}),
+	})
+	if err != nil {
+		return plugin.Schema{}, err
+	}
+	if typ != p.Type {
+		return plugin.Schema{}, fmt.Errorf("the plugin serves provider type %q, the block says %q", typ, p.Type)
+	}
+	return s, nil
+}
 
 // Config is a loaded and validated configuration.
 type Config struct {
@@ -89,21 +168,22 @@ type Provider struct {
 	// Name is the provider's name, the block's second label, used by the
 	// keyring block to refer to it. Names are unique in a file.
 	Name string
-	// LocalFile holds the settings of a provider of type "localfile"; nil
-	// for other types.
-	LocalFile *LocalFile
+	// Plugin is the absolute path of a third-party provider executable
+	// (attribute plugin); empty for a built-in provider.
+	Plugin string
+	// SHA256 is the checksum Plugin must have (attribute sha256).
+	SHA256 []byte
+	// Schema is the schema the block was checked against.
+	Schema plugin.Schema
+	// Values are the provider's own attributes, decoded per Schema;
+	// relative paths are resolved. A secret whose environment variable is
+	// unset is absent (the provider may then ask for it).
+	Values plugin.Values
+	// SecretEnv maps each secret attribute given in the block to the
+	// environment variable it is read from.
+	SecretEnv map[string]string
 	// Range is where the block is declared, for messages.
 	Range hcl.Range
-}
-
-// LocalFile holds the attributes of a "localfile" provider block.
-type LocalFile struct {
-	// KeyFile is the absolute path of the key file.
-	KeyFile string
-	// PassphraseEnv names the environment variable holding the key file's
-	// passphrase; empty when none is configured. The passphrase itself never
-	// appears in the configuration.
-	PassphraseEnv string
 }
 
 // Keyring is the keyring block.
@@ -112,6 +192,16 @@ type Keyring struct {
 	Primary string
 	// DecryptOnly are the names of providers used only to unwrap.
 	DecryptOnly []string
+	// Cache is the keyring's DEK cache settings (core.CacheOptions), nil
+	// when the block has no cache block.
+	Cache *Cache
+}
+
+// Cache is the cache block of a keyring: how long, and for how many uses,
+// an unwrapped DEK is kept in memory by a program that embeds keyctl.
+type Cache struct {
+	MaxAge  time.Duration
+	MaxUses int
 }
 
 // Keyset is the keyset block.
@@ -241,9 +331,13 @@ func sourceLine(src []byte, n int) string {
 	return strings.ToValidUTF8(l, "?")
 }
 
-// Load reads and parses the configuration file at path. A missing file gives
-// an error wrapping [ErrNotFound]; invalid content gives an *[Error].
-func Load(path string) (*Config, error) {
+// Load reads and parses the configuration file at path with the default
+// Options. A missing file gives an error wrapping [ErrNotFound]; invalid
+// content gives an *[Error].
+func Load(path string) (*Config, error) { return LoadWith(path, Options{}) }
+
+// LoadWith is Load with opts.
+func LoadWith(path string, opts Options) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -259,12 +353,17 @@ func Load(path string) (*Config, error) {
 	if len(src) > MaxFileSize {
 		return nil, fmt.Errorf("config %s: larger than %d bytes: %w", path, MaxFileSize, ErrInvalid)
 	}
-	return Parse(src, path)
+	return ParseWith(src, path, opts)
 }
 
-// Parse parses configuration source. filename is used in diagnostics, and
-// its directory is the base of relative paths in the file.
-func Parse(src []byte, filename string) (*Config, error) {
+// Parse parses configuration source with the default Options. filename is
+// used in diagnostics, and its directory is the base of relative paths in
+// the file.
+func Parse(src []byte, filename string) (*Config, error) { return ParseWith(src, filename, Options{}) }
+
+// ParseWith is Parse with opts.
+func ParseWith(src []byte, filename string, opts Options) (*Config, error) {
+	opts.defaults()
 	abs, err := filepath.Abs(filename)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -283,337 +382,439 @@ func Parse(src []byte, filename string) (*Config, error) {
 	if diags.HasErrors() {
 		return nil, fail(diags)
 	}
-	cfg, diags := decode(file, filename)
+	d := &decoder{opts: opts, dir: filepath.Dir(abs), filename: filename}
+	cfg, diags := d.decode(file)
 	if diags.HasErrors() {
+		for _, p := range cfg.Providers {
+			p.Values.Zero()
+		}
 		return nil, fail(diags)
 	}
 	cfg.Path = abs
-	cfg.Dir = filepath.Dir(abs)
-	cfg.resolve()
+	cfg.Dir = d.dir
 	return cfg, nil
 }
 
-// fileSchema is the HCL layout of the whole file.
-type fileSchema struct {
-	Providers []*providerSchema `hcl:"provider,block"`
-	Keyrings  []*keyringSchema  `hcl:"keyring,block"`
-	Keysets   []*keysetSchema   `hcl:"keyset,block"`
-}
-
-type providerSchema struct {
-	Type   string   `hcl:"type,label"`
-	Name   string   `hcl:"name,label"`
-	Remain hcl.Body `hcl:",remain"`
-
-	DeclRange hcl.Range
-}
-
 type keyringSchema struct {
-	Primary     string   `hcl:"primary"`
-	DecryptOnly []string `hcl:"decrypt_only,optional"`
+	Primary     string       `hcl:"primary"`
+	DecryptOnly []string     `hcl:"decrypt_only,optional"`
+	Cache       *cacheSchema `hcl:"cache,block"`
+}
 
-	DeclRange hcl.Range
+type cacheSchema struct {
+	MaxAge  *string `hcl:"max_age,optional"`
+	MaxUses *int    `hcl:"max_uses,optional"`
 }
 
 type keysetSchema struct {
 	File string `hcl:"file"`
-
-	DeclRange hcl.Range
-}
-
-type localFileSchema struct {
-	KeyFile       string  `hcl:"key_file"`
-	PassphraseEnv *string `hcl:"passphrase_env"`
-}
-
-// providerDecoders decodes a provider block's own attributes, by provider
-// type. It is a fixed table, not a registry filled at init time.
-var providerDecoders = map[string]func(p *Provider, body hcl.Body, at hcl.Range) hcl.Diagnostics{
-	TypeLocalFile: decodeLocalFile,
-}
-
-// KnownProviderTypes returns the provider types this build can configure,
-// sorted.
-func KnownProviderTypes() []string {
-	out := make([]string, 0, len(providerDecoders))
-	for t := range providerDecoders {
-		out = append(out, t)
-	}
-	slices.Sort(out)
-	return out
 }
 
 var (
-	envName  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	provName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,63}$`)
+	envName   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	provName  = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,63}$`)
+	sha256Hex = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
 )
 
-func decode(file *hcl.File, filename string) (*Config, hcl.Diagnostics) {
-	var fs fileSchema
-	diags := gohcl.DecodeBody(file.Body, nil, &fs)
-	if diags.HasErrors() {
-		return nil, diags
-	}
-	// Block ranges: gohcl does not fill DeclRange, so read them from the
-	// body's blocks in order.
-	content, _, _ := file.Body.PartialContent(&hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{
-		{Type: "provider", LabelNames: []string{"type", "name"}},
-		{Type: "keyring"},
-		{Type: "keyset"},
-	}})
-	var pRanges, krRanges, ksRanges []hcl.Range
-	attrRanges := map[string]hcl.Range{} // keyring attribute -> expression range
-	for _, b := range content.Blocks {
-		switch b.Type {
-		case "provider":
-			pRanges = append(pRanges, b.DefRange)
-		case "keyring":
-			krRanges = append(krRanges, b.DefRange)
-			if len(krRanges) == 1 {
-				kc, _, _ := b.Body.PartialContent(&hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "primary"}, {Name: "decrypt_only"}}})
-				if kc != nil {
-					for n, a := range kc.Attributes {
-						attrRanges[n] = a.Expr.Range()
-					}
-				}
-			}
-		case "keyset":
-			ksRanges = append(ksRanges, b.DefRange)
-		}
-	}
-	setRanges(fs.Providers, pRanges, func(p *providerSchema, r hcl.Range) { p.DeclRange = r })
-	setRanges(fs.Keyrings, krRanges, func(k *keyringSchema, r hcl.Range) { k.DeclRange = r })
-	setRanges(fs.Keysets, ksRanges, func(k *keysetSchema, r hcl.Range) { k.DeclRange = r })
+var topSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{
+	{Type: "provider", LabelNames: []string{"type", "name"}},
+	{Type: "keyring"},
+	{Type: "keyset"},
+}}
 
-	fileStart := hcl.Range{Filename: filename, Start: hcl.InitialPos, End: hcl.InitialPos}
+type decoder struct {
+	opts     Options
+	dir      string
+	filename string
+}
+
+// evalContext offers env("NAME") to non-secret attributes.
+func (d *decoder) evalContext() *hcl.EvalContext {
+	return &hcl.EvalContext{Functions: map[string]function.Function{
+		"env": function.New(&function.Spec{
+			Params: []function.Parameter{{Name: "name", Type: cty.String}},
+			Type:   function.StaticReturnType(cty.String),
+			Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+				name := args[0].AsString()
+				if !envName.MatchString(name) {
+					return cty.NilVal, fmt.Errorf("%q is not an environment variable name", name)
+				}
+				v, ok := d.opts.Getenv(name)
+				if !ok {
+					return cty.NilVal, fmt.Errorf("environment variable %s is not set", name)
+				}
+				return cty.StringVal(v), nil
+			},
+		}),
+	}}
+}
+
+func (d *decoder) abs(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(d.dir, p)
+}
+
+func errDiag(summary, detail string, at hcl.Range, extra ...any) *hcl.Diagnostic {
+	r := at
+	dg := &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: &r}
+	if len(extra) > 0 {
+		dg.Extra = extra[0]
+	}
+	return dg
+}
+
+func (d *decoder) decode(file *hcl.File) (*Config, hcl.Diagnostics) {
+	cfg := &Config{}
+	content, diags := file.Body.Content(topSchema)
+	if content == nil {
+		return cfg, diags
+	}
+	fileStart := hcl.Range{Filename: d.filename, Start: hcl.InitialPos, End: hcl.InitialPos}
 	// Diagnostics about a missing block point at the file's start, where
 	// a snippet would mislead.
 	var fileLevel noSnippet
-	cfg := &Config{}
 	byName := map[string]*Provider{}
-	if len(fs.Providers) == 0 {
-		diags = append(diags, &hcl.Diagnostic{
-			Severity: hcl.DiagError,
-			Summary:  "Missing provider block",
-			Detail:   fmt.Sprintf("At least one provider block is required, for example: provider %q \"local\" { key_file = \"kek.json\" }.", TypeLocalFile),
-			Subject:  &fileStart,
-			Extra:    fileLevel,
-		})
-	}
-	for _, ps := range fs.Providers {
-		at := ps.DeclRange
-		if !provName.MatchString(ps.Name) {
-			diags = append(diags, &hcl.Diagnostic{
-				Severity: hcl.DiagError,
-				Summary:  "Invalid provider name",
-				Detail:   fmt.Sprintf("Provider name %q must start with a letter and hold only letters, digits, '-' and '_' (at most 64).", ps.Name),
-				Subject:  &at,
-			})
+	declaredNames := map[string]bool{}
+	var keyrings, keysets []*hcl.Block
+	nProviders := 0
+	for _, b := range content.Blocks {
+		switch b.Type {
+		case "keyring":
+			keyrings = append(keyrings, b)
+			continue
+		case "keyset":
+			keysets = append(keysets, b)
 			continue
 		}
-		if prev, dup := byName[ps.Name]; dup {
-			diags = append(diags, &hcl.Diagnostic{
-				Severity: hcl.DiagError,
-				Summary:  "Duplicate provider name",
-				Detail:   fmt.Sprintf("A provider named %q is already declared at %s; provider names must be unique.", ps.Name, prev.Range),
-				Subject:  &at,
-			})
+		nProviders++
+		typ, name, at := b.Labels[0], b.Labels[1], b.DefRange
+		declaredNames[name] = true
+		if !provName.MatchString(name) {
+			diags = append(diags, errDiag("Invalid provider name",
+				fmt.Sprintf("Provider name %q must start with a letter and hold only letters, digits, '-' and '_' (at most 64).", name), at))
 			continue
 		}
-		dec, ok := providerDecoders[ps.Type]
-		if !ok {
-			diags = append(diags, &hcl.Diagnostic{
-				Severity: hcl.DiagError,
-				Summary:  "Unknown provider type",
-				Detail:   fmt.Sprintf("Provider type %q is not known to this build; known types: %s.", ps.Type, strings.Join(KnownProviderTypes(), ", ")),
-				Subject:  &at,
-			})
+		if prev, dup := byName[name]; dup {
+			diags = append(diags, errDiag("Duplicate provider name",
+				fmt.Sprintf("A provider named %q is already declared at %s; provider names must be unique.", name, prev.Range), at))
 			continue
 		}
-		p := &Provider{Type: ps.Type, Name: ps.Name, Range: at}
-		pd := dec(p, ps.Remain, at)
+		p := &Provider{Type: typ, Name: name, Range: at}
+		byName[name] = p
+		pd := d.provider(p, b)
 		diags = append(diags, pd...)
-		if pd.HasErrors() {
-			continue
+		if !pd.HasErrors() {
+			cfg.Providers = append(cfg.Providers, p)
 		}
-		byName[p.Name] = p
-		cfg.Providers = append(cfg.Providers, p)
+	}
+	if nProviders == 0 {
+		diags = append(diags, errDiag("Missing provider block",
+			fmt.Sprintf("At least one provider block is required, for example: provider %q \"local\" { key_file = \"kek.json\" }.", TypeLocalFile), fileStart, fileLevel))
 	}
 
-	switch len(fs.Keyrings) {
+	switch len(keyrings) {
 	case 0:
-		diags = append(diags, &hcl.Diagnostic{
-			Severity: hcl.DiagError,
-			Summary:  "Missing keyring block",
-			Detail:   "A keyring block is required: keyring { primary = \"<provider name>\" }.",
-			Subject:  &fileStart,
-			Extra:    fileLevel,
-		})
+		diags = append(diags, errDiag("Missing keyring block", "A keyring block is required: keyring { primary = \"<provider name>\" }.", fileStart, fileLevel))
 	case 1:
-		kr := fs.Keyrings[0]
-		at := kr.DeclRange
-		cfg.Keyring = Keyring{Primary: kr.Primary, DecryptOnly: kr.DecryptOnly}
-		seen := map[string]bool{}
-		for i, name := range append([]string{kr.Primary}, kr.DecryptOnly...) {
-			at := at
-			attr := "primary"
-			if i > 0 {
-				attr = "decrypt_only"
-			}
-			if r, ok := attrRanges[attr]; ok {
-				at = r
-			}
-			if seen[name] {
-				diags = append(diags, &hcl.Diagnostic{
-					Severity: hcl.DiagError,
-					Summary:  "Duplicate provider in keyring",
-					Detail:   fmt.Sprintf("Provider %q is named more than once in the keyring (primary and decrypt_only together must be distinct).", name),
-					Subject:  &at,
-				})
-				continue
-			}
-			seen[name] = true
-			if _, ok := byName[name]; !ok && len(fs.Providers) > 0 && !hasProviderNamed(fs.Providers, name) {
-				diags = append(diags, &hcl.Diagnostic{
-					Severity: hcl.DiagError,
-					Summary:  "Unknown provider name",
-					Detail:   fmt.Sprintf("The keyring names provider %q, but no provider block has that name; declared: %s.", name, declared(fs.Providers)),
-					Subject:  &at,
-				})
-			}
-		}
+		diags = append(diags, d.keyring(cfg, keyrings[0], declaredNames)...)
 	default:
-		at := fs.Keyrings[1].DeclRange
-		diags = append(diags, &hcl.Diagnostic{
-			Severity: hcl.DiagError,
-			Summary:  "Duplicate keyring block",
-			Detail:   fmt.Sprintf("Only one keyring block is allowed; the first is at %s.", fs.Keyrings[0].DeclRange),
-			Subject:  &at,
-		})
+		diags = append(diags, errDiag("Duplicate keyring block",
+			fmt.Sprintf("Only one keyring block is allowed; the first is at %s.", keyrings[0].DefRange), keyrings[1].DefRange))
 	}
 
-	switch len(fs.Keysets) {
+	switch len(keysets) {
 	case 0:
-		diags = append(diags, &hcl.Diagnostic{
-			Severity: hcl.DiagError,
-			Summary:  "Missing keyset block",
-			Detail:   "A keyset block is required: keyset { file = \"keyset.json\" }.",
-			Subject:  &fileStart,
-			Extra:    fileLevel,
-		})
+		diags = append(diags, errDiag("Missing keyset block", "A keyset block is required: keyset { file = \"keyset.json\" }.", fileStart, fileLevel))
 	case 1:
-		ks := fs.Keysets[0]
-		at := ks.DeclRange
-		if strings.TrimSpace(ks.File) == "" {
-			diags = append(diags, &hcl.Diagnostic{
-				Severity: hcl.DiagError,
-				Summary:  "Empty keyset file",
-				Detail:   "The keyset block's file attribute must name a file.",
-				Subject:  &at,
-			})
+		var ks keysetSchema
+		kd := gohcl.DecodeBody(keysets[0].Body, nil, &ks)
+		diags = append(diags, kd...)
+		if !kd.HasErrors() {
+			if strings.TrimSpace(ks.File) == "" {
+				diags = append(diags, errDiag("Empty keyset file", "The keyset block's file attribute must name a file.", keysets[0].DefRange))
+			}
+			cfg.Keyset = Keyset{File: d.abs(ks.File)}
 		}
-		cfg.Keyset = Keyset{File: ks.File}
 	default:
-		at := fs.Keysets[1].DeclRange
-		diags = append(diags, &hcl.Diagnostic{
-			Severity: hcl.DiagError,
-			Summary:  "Duplicate keyset block",
-			Detail:   fmt.Sprintf("Only one keyset block is allowed; the first is at %s.", fs.Keysets[0].DeclRange),
-			Subject:  &at,
-		})
+		diags = append(diags, errDiag("Duplicate keyset block",
+			fmt.Sprintf("Only one keyset block is allowed; the first is at %s.", keysets[0].DefRange), keysets[1].DefRange))
 	}
 	return cfg, diags
 }
 
-func setRanges[T any](items []*T, ranges []hcl.Range, set func(*T, hcl.Range)) {
-	for i, it := range items {
-		if i < len(ranges) {
-			set(it, ranges[i])
-		}
-	}
-}
-
-func hasProviderNamed(ps []*providerSchema, name string) bool {
-	for _, p := range ps {
-		if p.Name == name {
-			return true
-		}
-	}
-	return false
-}
-
-func declared(ps []*providerSchema) string {
-	names := make([]string, len(ps))
-	for i, p := range ps {
-		names[i] = fmt.Sprintf("%q", p.Name)
-	}
-	return strings.Join(names, ", ")
-}
-
-// decodeLocalFile decodes the attributes of a "localfile" provider block. A
-// literal passphrase attribute is refused: secrets never go in the file.
-func decodeLocalFile(p *Provider, body hcl.Body, at hcl.Range) hcl.Diagnostics {
-	var diags hcl.Diagnostics
-	content, rest, d := body.PartialContent(&hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "passphrase"}}})
-	diags = append(diags, d...)
-	if content != nil {
-		if a, ok := content.Attributes["passphrase"]; ok {
-			r := a.NameRange
-			diags = append(diags, &hcl.Diagnostic{
-				Severity: hcl.DiagError,
-				Summary:  "Secret in configuration",
-				Detail:   fmt.Sprintf("Provider %q: a passphrase is never written in the configuration; set passphrase_env to the name of an environment variable that holds it, or leave it out to be prompted on a terminal.", p.Name),
-				Subject:  &r,
-				Extra:    noSnippet{},
-			})
-			return diags
-		}
-	}
-	if rest == nil {
-		return diags
-	}
-	var lf localFileSchema
-	diags = append(diags, gohcl.DecodeBody(rest, nil, &lf)...)
+func (d *decoder) keyring(cfg *Config, b *hcl.Block, declared map[string]bool) hcl.Diagnostics {
+	var kr keyringSchema
+	diags := gohcl.DecodeBody(b.Body, nil, &kr)
 	if diags.HasErrors() {
 		return diags
 	}
-	if strings.TrimSpace(lf.KeyFile) == "" {
-		diags = append(diags, &hcl.Diagnostic{
-			Severity: hcl.DiagError,
-			Summary:  "Empty key_file",
-			Detail:   fmt.Sprintf("Provider %q: key_file must name the key file.", p.Name),
-			Subject:  &at,
-		})
-	}
-	out := &LocalFile{KeyFile: lf.KeyFile}
-	if lf.PassphraseEnv != nil {
-		if !envName.MatchString(*lf.PassphraseEnv) {
-			diags = append(diags, &hcl.Diagnostic{
-				Severity: hcl.DiagError,
-				Summary:  "Invalid passphrase_env",
-				Detail:   fmt.Sprintf("Provider %q: passphrase_env must be the name of an environment variable ([A-Za-z_][A-Za-z0-9_]*), not the passphrase itself.", p.Name),
-				Subject:  &at,
-				Extra:    noSnippet{},
-			})
+	cfg.Keyring = Keyring{Primary: kr.Primary, DecryptOnly: kr.DecryptOnly}
+	attrRange := map[string]hcl.Range{}
+	if sb, ok := b.Body.(*hclsyntax.Body); ok {
+		for n, a := range sb.Attributes {
+			attrRange[n] = a.Expr.Range()
 		}
-		out.PassphraseEnv = *lf.PassphraseEnv
 	}
-	p.LocalFile = out
+	seen := map[string]bool{}
+	for i, name := range append([]string{kr.Primary}, kr.DecryptOnly...) {
+		attr := "primary"
+		if i > 0 {
+			attr = "decrypt_only"
+		}
+		at, ok := attrRange[attr]
+		if !ok {
+			at = b.DefRange
+		}
+		if seen[name] {
+			diags = append(diags, errDiag("Duplicate provider in keyring",
+				fmt.Sprintf("Provider %q is named more than once in the keyring (primary and decrypt_only together must be distinct).", name), at))
+			continue
+		}
+		seen[name] = true
+		if len(declared) > 0 && !declared[name] {
+			names := make([]string, 0, len(declared))
+			for n := range declared {
+				names = append(names, fmt.Sprintf("%q", n))
+			}
+			slices.Sort(names)
+			diags = append(diags, errDiag("Unknown provider name",
+				fmt.Sprintf("The keyring names provider %q, but no provider block has that name; declared: %s.", name, strings.Join(names, ", ")), at))
+		}
+	}
+	if kr.Cache != nil {
+		c := &Cache{}
+		at := b.DefRange
+		if sb, ok := b.Body.(*hclsyntax.Body); ok {
+			for _, blk := range sb.Blocks {
+				if blk.Type == "cache" {
+					at = blk.DefRange()
+				}
+			}
+		}
+		if kr.Cache.MaxAge != nil {
+			dur, err := time.ParseDuration(*kr.Cache.MaxAge)
+			if err != nil || dur <= 0 {
+				diags = append(diags, errDiag("Invalid max_age", fmt.Sprintf("cache.max_age must be a positive duration such as \"30s\" or \"5m\", not %q.", *kr.Cache.MaxAge), at))
+			}
+			c.MaxAge = dur
+		}
+		if kr.Cache.MaxUses != nil {
+			if *kr.Cache.MaxUses < 0 {
+				diags = append(diags, errDiag("Invalid max_uses", "cache.max_uses must be zero (no limit) or positive.", at))
+			}
+			c.MaxUses = *kr.Cache.MaxUses
+		}
+		cfg.Keyring.Cache = c
+	}
 	return diags
 }
 
-// resolve makes relative paths absolute against c.Dir.
-func (c *Config) resolve() {
-	abs := func(p string) string {
-		if p == "" || filepath.IsAbs(p) {
-			return p
-		}
-		return filepath.Join(c.Dir, p)
+// provider decodes one provider block: its reserved attributes (plugin,
+// sha256), then its own attributes against the provider's schema.
+func (d *decoder) provider(p *Provider, b *hcl.Block) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	sb, ok := b.Body.(*hclsyntax.Body)
+	if !ok {
+		return hcl.Diagnostics{errDiag("Unsupported configuration syntax", "Only native HCL syntax is supported.", b.DefRange)}
 	}
-	for _, p := range c.Providers {
-		if p.LocalFile != nil {
-			p.LocalFile.KeyFile = abs(p.LocalFile.KeyFile)
+	ectx := d.evalContext()
+	str := func(a *hclsyntax.Attribute) (string, bool) {
+		v, vd := a.Expr.Value(ectx)
+		diags = append(diags, vd...)
+		if vd.HasErrors() {
+			return "", false
+		}
+		v, err := convert.Convert(v, cty.String)
+		if err != nil || v.IsNull() {
+			diags = append(diags, errDiag("Incorrect attribute value type", fmt.Sprintf("Attribute %q must be a string.", a.Name), a.Expr.Range()))
+			return "", false
+		}
+		return v.AsString(), true
+	}
+	pa, hasPlugin := sb.Attributes["plugin"]
+	sa, hasSHA := sb.Attributes["sha256"]
+	if hasPlugin {
+		path, ok := str(pa)
+		if ok && strings.TrimSpace(path) == "" {
+			diags = append(diags, errDiag("Empty plugin", fmt.Sprintf("Provider %q: plugin must name the provider's executable.", p.Name), pa.Expr.Range()))
+		}
+		p.Plugin = d.abs(path)
+		if !hasSHA {
+			diags = append(diags, errDiag("Missing sha256",
+				fmt.Sprintf("Provider %q runs the plugin %s; add sha256 = \"<hex>\" (sha256sum of the file) so that keyctl runs only that binary.", p.Name, path), pa.NameRange))
 		}
 	}
-	c.Keyset.File = abs(c.Keyset.File)
+	if hasSHA {
+		if !hasPlugin {
+			diags = append(diags, errDiag("Unexpected sha256", fmt.Sprintf("Provider %q: sha256 is the checksum of a plugin executable; it needs plugin = \"PATH\".", p.Name), sa.NameRange))
+		}
+		if h, ok := str(sa); ok {
+			if !sha256Hex.MatchString(h) {
+				diags = append(diags, errDiag("Invalid sha256", fmt.Sprintf("Provider %q: sha256 must be 64 hexadecimal digits.", p.Name), sa.Expr.Range()))
+			} else {
+				p.SHA256, _ = hex.DecodeString(h)
+			}
+		}
+	}
+	if diags.HasErrors() {
+		return diags
+	}
+	schema, err := d.opts.Schema(p)
+	if err != nil {
+		if errors.Is(err, ErrUnknownType) {
+			return append(diags, errDiag("Unknown provider type",
+				fmt.Sprintf("Provider type %q is not known to this build (a third-party provider is named by plugin = \"PATH\" and sha256); known types: %s.", p.Type, strings.Join(d.opts.KnownTypes, ", ")), b.DefRange))
+		}
+		at := b.DefRange
+		if hasPlugin {
+			at = pa.Expr.Range()
+		}
+		return append(diags, errDiag("Cannot read the provider's schema", fmt.Sprintf("Provider %q: %v.", p.Name, err), at))
+	}
+	p.Schema = schema
+
+	bs := &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "plugin"}, {Name: "sha256"}}}
+	for _, a := range schema.Attributes {
+		bs.Attributes = append(bs.Attributes, hcl.AttributeSchema{Name: a.Name, Required: a.Required && !a.Secret})
+		if a.Secret {
+			bs.Attributes = append(bs.Attributes, hcl.AttributeSchema{Name: a.Name + "_env"})
+		}
+	}
+	// A literal secret is refused before anything else looks at it, so
+	// that no other diagnostic echoes it.
+	for _, a := range schema.Attributes {
+		if !a.Secret {
+			continue
+		}
+		if attr, ok := sb.Attributes[a.Name]; ok && !isEnvCall(attr.Expr) {
+			return append(diags, errDiag("Secret in configuration",
+				fmt.Sprintf("Provider %q: %s is a secret and is never written in the configuration; write %s = env(\"VAR\") or %s_env = \"VAR\" to read it from the environment, or leave it out to be prompted on a terminal.", p.Name, a.Name, a.Name, a.Name),
+				attr.NameRange, noSnippet{}))
+		}
+	}
+	content, cd := b.Body.Content(bs)
+	diags = append(diags, cd...)
+	if content == nil || cd.HasErrors() {
+		return diags
+	}
+	p.Values = plugin.Values{}
+	for _, a := range schema.Attributes {
+		attr, has := content.Attributes[a.Name]
+		if a.Secret {
+			diags = append(diags, d.secret(p, a, attr, content.Attributes[a.Name+"_env"])...)
+			continue
+		}
+		if !has {
+			continue
+		}
+		v, vd := d.value(p, a, attr, ectx)
+		diags = append(diags, vd...)
+		if !vd.HasErrors() {
+			p.Values[a.Name] = v
+		}
+	}
+	return diags
+}
+
+// isEnvCall reports whether e is env(<something>).
+func isEnvCall(e hcl.Expression) bool {
+	c, ok := e.(*hclsyntax.FunctionCallExpr)
+	return ok && c.Name == "env" && len(c.Args) == 1
+}
+
+// secret decodes secret attribute a, given as a = env("VAR") (attr) or
+// a_env = "VAR" (envAttr). The value is read now; an unset variable leaves
+// it absent, for the provider to ask (keyctl then prompts on a terminal or
+// names the variable to set).
+func (d *decoder) secret(p *Provider, a plugin.Attribute, attr, envAttr *hcl.Attribute) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if attr != nil && envAttr != nil {
+		return hcl.Diagnostics{errDiag("Conflicting attributes", fmt.Sprintf("Provider %q: give %s or %s_env, not both.", p.Name, a.Name, a.Name), envAttr.NameRange)}
+	}
+	var nameExpr hcl.Expression
+	var at hcl.Range
+	switch {
+	case attr != nil:
+		nameExpr, at = attr.Expr.(*hclsyntax.FunctionCallExpr).Args[0], attr.Expr.Range()
+	case envAttr != nil:
+		nameExpr, at = envAttr.Expr, envAttr.Expr.Range()
+	default:
+		if a.Required {
+			diags = append(diags, errDiag("Missing required argument",
+				fmt.Sprintf("Provider %q: %s is required; write %s = env(\"VAR\").", p.Name, a.Name, a.Name), p.Range))
+		}
+		return diags
+	}
+	v, vd := nameExpr.Value(nil)
+	if vd.HasErrors() || v.IsNull() || !v.Type().Equals(cty.String) || !envName.MatchString(v.AsString()) {
+		what := a.Name + "_env"
+		if attr != nil {
+			what = "env()"
+		}
+		return hcl.Diagnostics{errDiag("Invalid "+what,
+			fmt.Sprintf("Provider %q: %s must be given the name of an environment variable ([A-Za-z_][A-Za-z0-9_]*) as a literal string, not the %s itself.", p.Name, what, a.Name), at, noSnippet{})}
+	}
+	name := v.AsString()
+	if p.SecretEnv == nil {
+		p.SecretEnv = map[string]string{}
+	}
+	p.SecretEnv[a.Name] = name
+	if val, ok := d.opts.Getenv(name); ok && val != "" {
+		p.Values[a.Name] = plugin.Value{Secret: []byte(val)}
+	}
+	return nil
+}
+
+// value decodes a non-secret attribute per its schema type.
+func (d *decoder) value(p *Provider, a plugin.Attribute, attr *hcl.Attribute, ectx *hcl.EvalContext) (plugin.Value, hcl.Diagnostics) {
+	v, diags := attr.Expr.Value(ectx)
+	if diags.HasErrors() {
+		return plugin.Value{}, diags
+	}
+	at := attr.Expr.Range()
+	want := cty.String
+	switch a.Type {
+	case plugin.Number:
+		want = cty.Number
+	case plugin.Bool:
+		want = cty.Bool
+	case plugin.StringList:
+		want = cty.List(cty.String)
+	}
+	cv, err := convert.Convert(v, want)
+	if err != nil || cv.IsNull() || !cv.IsWhollyKnown() {
+		return plugin.Value{}, hcl.Diagnostics{errDiag("Incorrect attribute value type",
+			fmt.Sprintf("Provider %q: %s must be a %s.", p.Name, a.Name, a.Type), at)}
+	}
+	var out plugin.Value
+	switch a.Type {
+	case plugin.Number:
+		out.Num, _ = cv.AsBigFloat().Float64()
+	case plugin.Bool:
+		out.Bool = cv.True()
+	case plugin.StringList:
+		for _, e := range cv.AsValueSlice() {
+			if e.IsNull() {
+				return plugin.Value{}, hcl.Diagnostics{errDiag("Incorrect attribute value type", fmt.Sprintf("Provider %q: %s holds a null.", p.Name, a.Name), at)}
+			}
+			out.List = append(out.List, e.AsString())
+		}
+	case plugin.Path:
+		s := cv.AsString()
+		if strings.TrimSpace(s) == "" {
+			return plugin.Value{}, hcl.Diagnostics{errDiag("Empty "+a.Name, fmt.Sprintf("Provider %q: %s must name a file.", p.Name, a.Name), at)}
+		}
+		out.Str = d.abs(s)
+	case plugin.Duration:
+		s := cv.AsString()
+		if _, err := time.ParseDuration(s); err != nil {
+			return plugin.Value{}, hcl.Diagnostics{errDiag("Invalid duration", fmt.Sprintf("Provider %q: %s must be a duration such as \"30s\", not %q.", p.Name, a.Name, s), at)}
+		}
+		out.Str = s
+	default:
+		out.Str = cv.AsString()
+	}
+	return out, nil
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/keyctl/keyctl/plugin"
 )
 
 const good = `
@@ -39,21 +41,21 @@ func TestParseGood(t *testing.T) {
 		t.Fatalf("%d providers", len(cfg.Providers))
 	}
 	p, ok := cfg.Provider("local")
-	if !ok || p.Type != TypeLocalFile || p.LocalFile == nil {
+	if !ok || p.Type != TypeLocalFile || p.Values == nil {
 		t.Fatalf("provider local: %+v", p)
 	}
-	if want := filepath.Join(dir, "kek.json"); p.LocalFile.KeyFile != want {
-		t.Errorf("key_file = %q, want %q", p.LocalFile.KeyFile, want)
+	if want := filepath.Join(dir, "kek.json"); p.Values.String("key_file") != want {
+		t.Errorf("key_file = %q, want %q", p.Values.String("key_file"), want)
 	}
-	if p.LocalFile.PassphraseEnv != "KEYCTL_PASSPHRASE" {
-		t.Errorf("passphrase_env = %q", p.LocalFile.PassphraseEnv)
+	if p.SecretEnv["passphrase"] != "KEYCTL_PASSPHRASE" {
+		t.Errorf("passphrase_env = %q", p.SecretEnv["passphrase"])
 	}
 	if p.Range.Start.Line != 2 {
 		t.Errorf("range = %v", p.Range)
 	}
 	old, _ := cfg.Provider("old")
-	if old.LocalFile.KeyFile != "/abs/old.json" || old.LocalFile.PassphraseEnv != "" {
-		t.Errorf("old = %+v", old.LocalFile)
+	if old.Values.String("key_file") != "/abs/old.json" || old.SecretEnv["passphrase"] != "" {
+		t.Errorf("old = %+v", old.Values)
 	}
 	if cfg.Keyring.Primary != "local" || len(cfg.Keyring.DecryptOnly) != 1 || cfg.Keyring.DecryptOnly[0] != "old" {
 		t.Errorf("keyring = %+v", cfg.Keyring)
@@ -170,7 +172,7 @@ func TestExample(t *testing.T) {
 		t.Errorf("example config incomplete: %+v", cfg)
 	}
 	for _, p := range cfg.Providers {
-		if p.LocalFile != nil && p.LocalFile.PassphraseEnv == "" && p.Name == cfg.Keyring.Primary {
+		if p.Type == TypeLocalFile && p.SecretEnv["passphrase"] == "" && p.Name == cfg.Keyring.Primary {
 			t.Errorf("the example should show passphrase_env on the primary")
 		}
 	}
@@ -184,8 +186,15 @@ func FuzzParse(f *testing.F) {
 	if b, err := os.ReadFile(filepath.Join("..", "config.hcl.example")); err == nil {
 		f.Add(b)
 	}
+	// Plugins are never started while fuzzing.
+	opts := Options{Schema: func(p *Provider) (plugin.Schema, error) {
+		if p.Plugin != "" {
+			return plugin.Schema{}, errors.New("no plugins while fuzzing")
+		}
+		return DefaultSchema(p)
+	}, KnownTypes: []string{TypeLocalFile}}
 	f.Fuzz(func(t *testing.T, src []byte) {
-		cfg, err := Parse(src, "fuzz.hcl")
+		cfg, err := ParseWith(src, "fuzz.hcl", opts)
 		if err == nil {
 			if cfg == nil || cfg.Keyring.Primary == "" {
 				t.Fatalf("nil config or no primary without an error")

@@ -305,7 +305,7 @@ func (c *Client) startOnce(ctx context.Context) (*proc, error) {
 			return nil, statusError(c.who()+": configure", err)
 		}
 		if r.GetNeedSecret() != "" {
-			ns := &NeedSecretError{Attribute: r.GetNeedSecret(), What: r.GetNeedSecretWhat()}
+			ns := &NeedSecretError{Attribute: r.GetNeedSecret(), For: r.GetNeedSecretFor(), What: r.GetNeedSecretWhat()}
 			a, known := c.cfg.Schema.Attr(ns.Attribute)
 			if !known || !a.Secret || asked > 0 || c.cfg.Secret == nil {
 				return nil, fmt.Errorf("%s: %w", c.who(), ns)

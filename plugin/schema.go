@@ -160,8 +160,11 @@ func (v Values) Zero() {
 type NeedSecretError struct {
 	// Attribute is the secret attribute's name ("passphrase", "pin").
 	Attribute string
-	// What says what needs it, for the prompt and messages: "key file
-	// /x/kek.json is passphrase-protected".
+	// For names what the secret opens, for a prompt: "key file
+	// /x/kek.json".
+	For string
+	// What says why it is needed, for messages: "key file /x/kek.json is
+	// passphrase-protected".
 	What string
 }
 

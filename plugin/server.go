@@ -99,7 +99,7 @@ func (s *server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	kp, err := s.def.Open(ctx, v)
 	if err != nil {
 		if ns, ok := AsNeedSecret(err); ok {
-			return &pb.ConfigureResponse{NeedSecret: ns.Attribute, NeedSecretWhat: ns.What}, nil
+			return &pb.ConfigureResponse{NeedSecret: ns.Attribute, NeedSecretWhat: ns.What, NeedSecretFor: ns.For}, nil
 		}
 		return &pb.ConfigureResponse{Error: toPB(err)}, nil
 	}

@@ -16,7 +16,6 @@ import (
 
 	"github.com/keyctl/keyctl/config"
 	"github.com/keyctl/keyctl/core"
-	"github.com/keyctl/keyctl/providers/localfile"
 )
 
 // app holds what every command shares: the standard streams, the global
@@ -68,6 +67,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
 			code = exitFailure
 		}
 	}()
+	defer a.closeProviders()
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetIn(stdin)
@@ -212,7 +212,7 @@ func (a *app) config() (*config.Config, error) {
 	if a.cfg != nil {
 		return a.cfg, nil
 	}
-	cfg, err := config.Load(a.configPath())
+	cfg, err := config.LoadWith(a.configPath(), a.configOptions())
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +220,8 @@ func (a *app) config() (*config.Config, error) {
 	return cfg, nil
 }
 
-// provider opens the provider named name in the configuration, once.
+// provider starts the provider named name in the configuration, once, as
+// a plugin subprocess (see providers.go).
 func (a *app) provider(name string) (core.KeyProvider, error) {
 	if p, ok := a.providers[name]; ok {
 		return p, nil
@@ -233,30 +234,9 @@ func (a *app) provider(name string) (core.KeyProvider, error) {
 	if !ok {
 		return nil, withHint(usagef("no provider named %q in %s", name, cfg.Path), "configured providers: "+providerNames(cfg))
 	}
-	var p core.KeyProvider
-	switch pc.Type {
-	case config.TypeLocalFile:
-		lf := pc.LocalFile
-		lp, err := localfile.Open(lf.KeyFile, localfile.Options{Passphrase: a.passphraseSource(pc.Name, lf)})
-		if err != nil {
-			err = fmt.Errorf("provider %q: %w", name, err)
-			if errors.Is(err, core.ErrPermission) {
-				if fi, serr := os.Stat(lf.KeyFile); serr == nil && fi.Mode().Perm()&0o077 != 0 {
-					return nil, withHint(err, fmt.Sprintf("chmod 600 %s (the key file must not be readable or writable by group or others)", lf.KeyFile))
-				}
-			}
-			if errors.Is(err, core.ErrKeyNotFound) {
-				if _, serr := os.Stat(lf.KeyFile); errors.Is(serr, os.ErrNotExist) {
-					return nil, withHint(err, fmt.Sprintf("run `keyctl init` to create a key file, or fix key_file of provider %q in %s", name, cfg.Path))
-				}
-			}
-			return nil, err
-		}
-		p = lp
-	default:
-		// config refuses unknown types; this guards against a config
-		// package that knows more types than this command.
-		return nil, fmt.Errorf("provider %q: type %q is not supported by this command: %w", name, pc.Type, config.ErrInvalid)
+	p, err := a.startProvider(pc)
+	if err != nil {
+		return nil, err
 	}
 	a.providers[name] = p
 	return p, nil
@@ -294,37 +274,6 @@ func (a *app) keyring() (*core.Keyring, error) {
 		return nil, fmt.Errorf("%s: %w: %w", cfg.Path, config.ErrInvalid, err)
 	}
 	return ring, nil
-}
-
-// passphraseSource returns the function a localfile provider calls when its
-// key file is protected: the passphrase comes from the environment variable
-// named by passphrase_env, else from a prompt when stdin is a terminal, else
-// the call fails. It is never taken from a flag or from the configuration.
-func (a *app) passphraseSource(name string, lf *config.LocalFile) func() ([]byte, error) {
-	return func() ([]byte, error) {
-		if lf.PassphraseEnv != "" {
-			if v, ok := a.getenv(lf.PassphraseEnv); ok && v != "" {
-				return []byte(v), nil
-			}
-		}
-		if fd, ok := a.terminalStdin(); ok && !a.noPrompt {
-			fmt.Fprintf(a.stderr, "Passphrase for key file %s (provider %q): ", lf.KeyFile, name)
-			p, err := term.ReadPassword(fd)
-			fmt.Fprintln(a.stderr)
-			if err != nil {
-				return nil, fmt.Errorf("read passphrase from the terminal: %w", err)
-			}
-			return p, nil
-		}
-		if lf.PassphraseEnv != "" {
-			return nil, withHint(
-				usagef("key file %s is passphrase-protected and $%s is not set", lf.KeyFile, lf.PassphraseEnv),
-				fmt.Sprintf("export %s, or run keyctl on a terminal to be prompted", lf.PassphraseEnv))
-		}
-		return nil, withHint(
-			usagef("key file %s is passphrase-protected and no passphrase source is available", lf.KeyFile),
-			fmt.Sprintf("set passphrase_env in provider %q of the configuration and export that variable, or run keyctl on a terminal to be prompted", name))
-	}
 }
 
 // terminalStdin reports whether stdin is a terminal, and its descriptor.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyctl/keyctl/core"
+	"github.com/keyctl/keyctl/plugin"
 	"github.com/keyctl/keyctl/providers/localfile"
 )
 
@@ -77,21 +79,23 @@ to move existing wrapped keys onto the new version; their DEKs do not change.`,
 	return c
 }
 
-// localProvider opens a localfile provider by name for kek subcommands.
-func (a *app) localProvider(provName string) (string, *localfile.Provider, error) {
+// versionAdmin starts a provider by name for the kek subcommands, which
+// need it to manage its KEK versions (plugin.VersionAdmin; the localfile
+// provider does).
+func (a *app) versionAdmin(provName string) (string, core.KeyProvider, plugin.VersionAdmin, error) {
 	name, err := a.providerFlagName(provName)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	p, err := a.provider(name)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
-	lp, ok := p.(*localfile.Provider)
+	va, ok := p.(plugin.VersionAdmin)
 	if !ok {
-		return "", nil, fmt.Errorf("provider %q (%s): KEK versions are managed in its own vault: %w", name, p.Ref(), core.ErrUnsupported)
+		return "", nil, nil, fmt.Errorf("provider %q (%s): KEK versions are managed in its own vault: %w", name, p.Ref(), core.ErrUnsupported)
 	}
-	return name, lp, nil
+	return name, p, va, nil
 }
 
 type kekVersion struct {
@@ -124,12 +128,16 @@ func (a *app) kekCommand() *cobra.Command {
 		Short: "List the KEK versions of a local key file",
 		Args:  cobra.NoArgs,
 		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			name, lp, err := a.localProvider(provName)
+			name, p, va, err := a.versionAdmin(provName)
 			if err != nil {
 				return err
 			}
-			res := kekListResult{Provider: name, KeyID: lp.Ref().KeyID, KeyFile: lp.Path(), Versions: []kekVersion{}}
-			for _, v := range lp.Versions() {
+			loc, vs, err := va.Versions(a.ctx)
+			if err != nil {
+				return fmt.Errorf("provider %q: %w", name, err)
+			}
+			res := kekListResult{Provider: name, KeyID: p.Ref().KeyID, KeyFile: loc, Versions: []kekVersion{}}
+			for _, v := range vs {
 				res.Versions = append(res.Versions, kekVersion{Version: v.Version, State: string(v.State), Created: v.Created.UTC().Format(time.RFC3339), Current: v.Current})
 			}
 			if a.jsonOut {
@@ -149,7 +157,7 @@ func (a *app) kekCommand() *cobra.Command {
 		}),
 	}
 
-	change := func(use, short, long string, op func(*localfile.Provider, string) error, state localfile.VersionState) *cobra.Command {
+	change := func(use, short, long string, state localfile.VersionState) *cobra.Command {
 		return &cobra.Command{
 			Use:   use,
 			Short: short,
@@ -162,12 +170,16 @@ func (a *app) kekCommand() *cobra.Command {
 						return err
 					}
 				}
-				name, lp, err := a.localProvider(provName)
+				name, lp, va, err := a.versionAdmin(provName)
 				if err != nil {
 					return err
 				}
-				if err := op(lp, v); err != nil {
-					return fmt.Errorf("provider %q: %w", name, err)
+				if err := va.SetVersionState(a.ctx, v, string(state)); err != nil {
+					err = fmt.Errorf("provider %q: %w", name, err)
+					if errors.Is(err, core.ErrFailedPrecondition) {
+						return withHint(err, "run `keyctl rotate` first so that another version becomes current")
+					}
+					return err
 				}
 				if a.jsonOut {
 					a.emitJSON(kekChangeResult{Provider: name, KeyID: lp.Ref().KeyID, Version: v, State: string(state)})
@@ -181,10 +193,10 @@ func (a *app) kekCommand() *cobra.Command {
 	disable := change("disable VERSION", "Disable a KEK version: it stays in the file but no longer unwraps",
 		`Disable a KEK version. Its key stays in the file, but unwrapping with it fails
 until it is enabled again. The current version cannot be disabled.`,
-		(*localfile.Provider).DisableVersion, localfile.StateDisabled)
+		localfile.StateDisabled)
 	enable := change("enable VERSION", "Enable a disabled KEK version again",
 		`Enable a disabled KEK version again, so that it unwraps.`,
-		(*localfile.Provider).EnableVersion, localfile.StateEnabled)
+		localfile.StateEnabled)
 	destroy := change("destroy VERSION --yes", "Destroy a KEK version's key for good (needs --yes)",
 		`Remove the key of a KEK version from the key file, keeping only a tombstone.
 This cannot be undone: every wrapped key whose only wrap is under this version
@@ -192,7 +204,7 @@ can no longer be unwrapped, and all data encrypted under those DEKs becomes
 unreadable. Rewrap first ('keyctl rewrap', 'keyctl rewrap --keyset'), check
 with 'keyctl inspect', then pass --yes. The current version cannot be
 destroyed.`,
-		(*localfile.Provider).DestroyVersion, localfile.StateDestroyed)
+		localfile.StateDestroyed)
 	destroy.Flags().BoolVar(&yes, "yes", false, "confirm that the version's key is to be destroyed")
 	destroy.Flags().BoolVar(&force, "force-unreadable", false, "destroy even though DEKs of the configured keyset are wrapped only under this version (they become unreadable)")
 
@@ -232,7 +244,7 @@ func (a *app) checkDestroy(provName, v string, yes, force bool) error {
 func (a *app) keysetDependents(provName, v string) (int, bool) {
 	a.noPrompt = true // a refusal must not ask for a passphrase
 	defer func() { a.noPrompt = false }()
-	name, lp, err := a.localProvider(provName)
+	name, lp, _, err := a.versionAdmin(provName)
 	if err != nil || name == "" {
 		return 0, false
 	}

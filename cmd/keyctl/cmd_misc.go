@@ -6,12 +6,15 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/keyctl/keyctl/config"
 )
 
 type providerSummary struct {
 	Name    string `json:"name"`
 	Type    string `json:"type"`
 	KeyFile string `json:"key_file,omitempty"`
+	Plugin  string `json:"plugin,omitempty"`
 }
 
 type configResult struct {
@@ -28,7 +31,10 @@ func (a *app) configCommand() *cobra.Command {
 		Use:   "validate",
 		Short: "Check the configuration file",
 		Long: `Parse and check the configuration file (--config, else $KEYCTL_CONFIG, else
-./keyctl.hcl) without opening any provider. Problems are reported as
+./keyctl.hcl) without opening any provider or touching any vault: each
+provider block is checked against the schema its provider reports (a
+third-party plugin is started, after its sha256 is checked, only to read its
+schema). Problems are reported as
 file:line,column with the offending line; with --json the diagnostics are
 listed in the error object.`,
 		Args: cobra.NoArgs,
@@ -41,9 +47,10 @@ listed in the error object.`,
 				DecryptOnly: append([]string{}, cfg.Keyring.DecryptOnly...), Keyset: cfg.Keyset.File}
 			for _, p := range cfg.Providers {
 				ps := providerSummary{Name: p.Name, Type: p.Type}
-				if p.LocalFile != nil {
-					ps.KeyFile = p.LocalFile.KeyFile
+				if p.Type == config.TypeLocalFile {
+					ps.KeyFile = p.Values.String("key_file")
 				}
+				ps.Plugin = p.Plugin
 				res.Providers = append(res.Providers, ps)
 			}
 			if a.jsonOut {

@@ -16,6 +16,11 @@ import (
 // TestMain lets the test binary act as the keyctl command inside test
 // scripts.
 func TestMain(m *testing.M) {
+	// keyctl runs its built-in providers as `keyctl __provider TYPE`; in
+	// tests the test binary is keyctl.
+	if code, ok := serveProvider(os.Args[1:]); ok {
+		os.Exit(code)
+	}
 	testscript.Main(m, map[string]func(){
 		"keyctl": func() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) },
 	})

@@ -32,7 +32,7 @@ func openLocalFile(_ context.Context, v plugin.Values) (core.KeyProvider, error)
 	pass, given := v.Secret("passphrase")
 	lp, err := localfile.Open(path, localfile.Options{Passphrase: func() ([]byte, error) {
 		if !given {
-			return nil, &plugin.NeedSecretError{Attribute: "passphrase", What: fmt.Sprintf("key file %s is passphrase-protected", path)}
+			return nil, &plugin.NeedSecretError{Attribute: "passphrase", For: "key file " + path, What: fmt.Sprintf("key file %s is passphrase-protected", path)}
 		}
 		return bytes.Clone(pass), nil // Open zeroes what it gets
 	}})

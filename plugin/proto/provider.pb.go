@@ -551,8 +551,11 @@ type ConfigureResponse struct {
 	// prompt or message ("key file /x/kek.json is passphrase-protected").
 	NeedSecret     string `protobuf:"bytes,2,opt,name=need_secret,json=needSecret,proto3" json:"need_secret,omitempty"`
 	NeedSecretWhat string `protobuf:"bytes,3,opt,name=need_secret_what,json=needSecretWhat,proto3" json:"need_secret_what,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// need_secret_for names what the secret opens, for a prompt
+	// ("key file /x/kek.json").
+	NeedSecretFor string `protobuf:"bytes,4,opt,name=need_secret_for,json=needSecretFor,proto3" json:"need_secret_for,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConfigureResponse) Reset() {
@@ -602,6 +605,13 @@ func (x *ConfigureResponse) GetNeedSecret() string {
 func (x *ConfigureResponse) GetNeedSecretWhat() string {
 	if x != nil {
 		return x.NeedSecretWhat
+	}
+	return ""
+}
+
+func (x *ConfigureResponse) GetNeedSecretFor() string {
+	if x != nil {
+		return x.NeedSecretFor
 	}
 	return ""
 }
@@ -1911,12 +1921,13 @@ const file_provider_proto_rawDesc = "" +
 	"attributes\x1aV\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
-	"\x05value\x18\x02 \x01(\v2\x17.keyctl.plugin.v1.ValueR\x05value:\x028\x01\"\x8d\x01\n" +
+	"\x05value\x18\x02 \x01(\v2\x17.keyctl.plugin.v1.ValueR\x05value:\x028\x01\"\xb5\x01\n" +
 	"\x11ConfigureResponse\x12-\n" +
 	"\x05error\x18\x01 \x01(\v2\x17.keyctl.plugin.v1.ErrorR\x05error\x12\x1f\n" +
 	"\vneed_secret\x18\x02 \x01(\tR\n" +
 	"needSecret\x12(\n" +
-	"\x10need_secret_what\x18\x03 \x01(\tR\x0eneedSecretWhat\"\x11\n" +
+	"\x10need_secret_what\x18\x03 \x01(\tR\x0eneedSecretWhat\x12&\n" +
+	"\x0fneed_secret_for\x18\x04 \x01(\tR\rneedSecretFor\"\x11\n" +
 	"\x0fDescribeRequest\"\xca\x01\n" +
 	"\x10DescribeResponse\x12-\n" +
 	"\x05error\x18\x01 \x01(\v2\x17.keyctl.plugin.v1.ErrorR\x05error\x12#\n" +
