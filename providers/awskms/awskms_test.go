@@ -335,8 +335,12 @@ func TestErrors(t *testing.T) {
 		})
 	}
 
-	// The SDK's error stays reachable, with the KMS code.
+	// The SDK's error stays reachable, with the KMS code, and KMS's own
+	// message (which names the principal and the action) is kept.
 	_, err = denied.WrapKey(ctx, dek, ec)
+	if !strings.Contains(err.Error(), "is not authorized to perform: kms:Encrypt") {
+		t.Fatalf("error %q lost the KMS message", err)
+	}
 	var ke *awskms.Error
 	if !errors.As(err, &ke) || ke.Code != "AccessDeniedException" || ke.Op != "Encrypt" || ke.KeyID != aliasA {
 		t.Fatalf("errors.As *awskms.Error: %#v", ke)

@@ -130,8 +130,9 @@ func (p *Provider) mapErr(op string, attempts int, err, cerr error) error {
 		return e
 	}
 	var ae smithy.APIError
+	kmsMsg := ""
 	if errors.As(err, &ae) {
-		e.Code = ae.ErrorCode()
+		e.Code, kmsMsg = ae.ErrorCode(), ae.ErrorMessage()
 	}
 	status := 0
 	var re *awshttp.ResponseError
@@ -142,7 +143,11 @@ func (p *Provider) mapErr(op string, attempts int, err, cerr error) error {
 	if e.msg == "" {
 		e.msg = err.Error()
 	} else if e.Code != "" {
-		e.msg += " (KMS " + e.Code + ")"
+		e.msg += " (KMS " + e.Code
+		if kmsMsg != "" {
+			e.msg += ": " + kmsMsg
+		}
+		e.msg += ")"
 	}
 	return e
 }
