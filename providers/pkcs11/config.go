@@ -1,7 +1,13 @@
 package pkcs11
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"runtime"
 	"strings"
 	"unicode/utf8"
 
@@ -136,4 +142,61 @@ func printable(s string) bool {
 		}
 	}
 	return true
+}
+
+// MaxPINLen bounds a PIN read by ReadPINFile.
+const MaxPINLen = 256
+
+// ReadPINFile reads a user PIN from a file, for callers that take the PIN
+// from a file rather than the environment. The file must not be readable or
+// writable by group or others (mode 0600 or stricter; core.ErrPermission
+// otherwise, naming the fix). One trailing newline ("\n" or "\r\n") is
+// removed; an empty PIN, a PIN over MaxPINLen bytes or one with control
+// characters is refused with core.ErrMalformed. Errors never contain the
+// file's content. The caller owns the returned slice and should zero it once
+// New has returned.
+func ReadPINFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			return nil, fmt.Errorf("pkcs11: PIN file %s: %v: %w", path, err, core.ErrPermission)
+		}
+		return nil, fmt.Errorf("pkcs11: PIN file %s: %v: %w", path, err, core.ErrMalformed)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("pkcs11: PIN file %s: %v: %w", path, err, core.ErrUnavailable)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("pkcs11: PIN file %s: not a regular file: %w", path, core.ErrMalformed)
+	}
+	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("pkcs11: PIN file %s: mode %04o lets other users read or change it; run chmod 600 %s: %w", path, fi.Mode().Perm(), path, core.ErrPermission)
+	}
+	buf := make([]byte, MaxPINLen+3)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		clear(buf)
+		return nil, fmt.Errorf("pkcs11: PIN file %s: %v: %w", path, err, core.ErrUnavailable)
+	}
+	pin := buf[:n]
+	if bytes.HasSuffix(pin, []byte("\r\n")) {
+		pin = pin[:len(pin)-2]
+	} else if bytes.HasSuffix(pin, []byte("\n")) {
+		pin = pin[:len(pin)-1]
+	}
+	out := bytes.Clone(pin)
+	clear(buf)
+	switch {
+	case len(out) == 0:
+		return nil, fmt.Errorf("pkcs11: PIN file %s is empty: %w", path, core.ErrMalformed)
+	case len(out) > MaxPINLen || n == len(buf):
+		clear(out)
+		return nil, fmt.Errorf("pkcs11: PIN file %s: PIN longer than %d bytes: %w", path, MaxPINLen, core.ErrMalformed)
+	case !printable(string(out)):
+		clear(out)
+		return nil, fmt.Errorf("pkcs11: PIN file %s: the PIN holds control characters or invalid UTF-8 (only one trailing newline is removed): %w", path, core.ErrMalformed)
+	}
+	return out, nil
 }

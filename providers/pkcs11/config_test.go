@@ -3,6 +3,8 @@ package pkcs11_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -57,5 +59,57 @@ func TestConfigValidate(t *testing.T) {
 	// before the module is touched (in cgo-less builds too).
 	if _, err := pkcs11.New(context.Background(), pkcs11.Config{Module: "m", KeyLabel: "k"}); !errors.Is(err, core.ErrMalformed) {
 		t.Fatalf("New with an invalid config: %v", err)
+	}
+}
+
+func TestReadPINFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for content, want := range map[string]string{
+		"secret-pin-77\n":   "secret-pin-77",
+		"secret-pin-77\r\n": "secret-pin-77",
+		"secret-pin-77":     "secret-pin-77",
+		"with space \n":     "with space ",
+	} {
+		got, err := pkcs11.ReadPINFile(write("ok", content, 0o600))
+		if err != nil || string(got) != want {
+			t.Errorf("ReadPINFile(%q) = %q, %v; want %q", content, got, err, want)
+		}
+	}
+	for name, tc := range map[string]struct {
+		content  string
+		mode     os.FileMode
+		sentinel error
+	}{
+		"group-readable": {"secret-pin-77\n", 0o640, core.ErrPermission},
+		"world-readable": {"secret-pin-77\n", 0o604, core.ErrPermission},
+		"empty":          {"", 0o600, core.ErrMalformed},
+		"only newline":   {"\n", 0o600, core.ErrMalformed},
+		"two newlines":   {"secret-pin-77\n\n", 0o600, core.ErrMalformed},
+		"too long":       {strings.Repeat("p", pkcs11.MaxPINLen+1), 0o600, core.ErrMalformed},
+		"control":        {"secret\x00pin-77", 0o600, core.ErrMalformed},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := write(name, tc.content, tc.mode)
+			_, err := pkcs11.ReadPINFile(p)
+			if !errors.Is(err, tc.sentinel) {
+				t.Fatalf("error %v, want %v", err, tc.sentinel)
+			}
+			if strings.Contains(err.Error(), "secret") || !strings.Contains(err.Error(), p) {
+				t.Fatalf("error %q reveals the PIN or does not name the file", err)
+			}
+		})
+	}
+	if _, err := pkcs11.ReadPINFile(filepath.Join(dir, "missing")); !errors.Is(err, core.ErrMalformed) {
+		t.Fatalf("missing file: %v", err)
 	}
 }

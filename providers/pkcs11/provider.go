@@ -87,6 +87,20 @@ type Provider struct {
 	size      int
 	closed    atomic.Bool
 	closeOnce sync.Once
+	lifeMu    sync.Mutex     // orders enter against Close
+	inflight  sync.WaitGroup // public calls in progress; Close waits for them
+}
+
+// enter registers a public call; it fails once Close has begun, so that
+// Close can wait for the calls in flight before it releases the module.
+func (p *Provider) enter() error {
+	p.lifeMu.Lock()
+	defer p.lifeMu.Unlock()
+	if p.closed.Load() {
+		return p.errorf(core.ErrUnavailable, "provider closed")
+	}
+	p.inflight.Add(1)
+	return nil
 }
 
 // session is one open, logged-in session of generation gen.
@@ -233,7 +247,10 @@ func (p *Provider) String() string { return "pkcs11:" + p.ref.KeyID }
 // in flight. Calls after Close fail with core.ErrUnavailable.
 func (p *Provider) Close() error {
 	p.closeOnce.Do(func() {
+		p.lifeMu.Lock()
 		p.closed.Store(true)
+		p.lifeMu.Unlock()
+		p.inflight.Wait()
 		p.shutdown()
 	})
 	return nil
@@ -735,6 +752,10 @@ func (p *Provider) CurrentVersion(ctx context.Context) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
+	if err := p.enter(); err != nil {
+		return "", err
+	}
+	defer p.inflight.Done()
 	if err := p.reloadKeys(ctx); err != nil {
 		return "", err
 	}
@@ -762,6 +783,10 @@ func (p *Provider) WrapKey(ctx context.Context, dek core.DEK, ec core.Context) (
 	if err := ctx.Err(); err != nil {
 		return core.Stanza{}, err
 	}
+	if err := p.enter(); err != nil {
+		return core.Stanza{}, err
+	}
+	defer p.inflight.Done()
 	if err := dek.Validate(); err != nil {
 		return core.Stanza{}, p.errorf(err, "wrap")
 	}
@@ -861,6 +886,10 @@ func (p *Provider) UnwrapKey(ctx context.Context, st core.Stanza, ec core.Contex
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if err := p.enter(); err != nil {
+		return nil, err
+	}
+	defer p.inflight.Done()
 	if st.Provider != Type || st.KeyID != p.ref.KeyID {
 		return nil, p.errorf(core.ErrNoProvider, "stanza is for %v, this provider is %v", st.Ref(), p.ref)
 	}
@@ -970,6 +999,10 @@ func (p *Provider) GenerateDataKey(ctx context.Context, ec core.Context) (core.D
 	if err := ctx.Err(); err != nil {
 		return nil, core.Stanza{}, err
 	}
+	if err := p.enter(); err != nil {
+		return nil, core.Stanza{}, err
+	}
+	defer p.inflight.Done()
 	if err := ec.Validate(); err != nil {
 		return nil, core.Stanza{}, p.errorf(err, "generate data key")
 	}
@@ -1004,6 +1037,10 @@ func (p *Provider) RotateKey(ctx context.Context) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
+	if err := p.enter(); err != nil {
+		return "", err
+	}
+	defer p.inflight.Done()
 	p.rotMu.Lock()
 	defer p.rotMu.Unlock()
 	if err := p.reloadKeys(ctx); err != nil {
@@ -1077,6 +1114,10 @@ func (p *Provider) Health(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := p.enter(); err != nil {
+		return err
+	}
+	defer p.inflight.Done()
 	err := p.do(ctx, func(s *session) error {
 		info, err := p.mod.ctx.GetSessionInfo(s.h)
 		if err != nil {

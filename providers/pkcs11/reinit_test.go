@@ -1,0 +1,96 @@
+//go:build cgo
+
+package pkcs11_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyctl/keyctl/core"
+	softhsmtest "github.com/keyctl/keyctl/softhsm-test"
+)
+
+// TestTokenReinitialisedExternally re-initialises the token from another
+// process (softhsm2-util, same label and PIN) under an open provider and
+// makes a new key with the KEK's label there: the provider's cached handles
+// are stale, it reloads them, wraps under the new key, and reports the old
+// version as gone.
+func TestTokenReinitialisedExternally(t *testing.T) {
+	h := newHSM(t)
+	h.Keygen(t, h.token, softhsmtest.UserPIN, "reinit", softhsmtest.KeyOptions{ID: "01"})
+	p := open(t, h.config("reinit"))
+	ctx := context.Background()
+	dek := newDEK(t)
+	old := mustWrap(t, p, dek)
+	h.Run(t, "softhsm2-util", "--init-token", "--token", h.token, "--label", h.token, "--so-pin", softhsmtest.SOPIN, "--pin", softhsmtest.UserPIN)
+	h.Keygen(t, h.token, softhsmtest.UserPIN, "reinit", softhsmtest.KeyOptions{ID: "02"})
+
+	s := mustWrap(t, p, dek)
+	if s.KeyVersion != "02" {
+		t.Fatalf("wrap after re-init used version %q, want 02", s.KeyVersion)
+	}
+	mustUnwrap(t, p, s, dek)
+	_, err := p.UnwrapKey(ctx, old, ec)
+	checkErr(t, err, core.ErrKeyNotFound, h.token, "reinit")
+	if err := p.Health(ctx); err != nil {
+		t.Fatalf("Health: %v", err)
+	}
+}
+
+// TestHealthReportsMissingKey destroys the current version under the
+// provider.
+func TestHealthReportsMissingKey(t *testing.T) {
+	h := newHSM(t)
+	h.Keygen(t, h.token, softhsmtest.UserPIN, "health", softhsmtest.KeyOptions{ID: "01"})
+	p := open(t, h.config("health"))
+	if err := p.Health(context.Background()); err != nil {
+		t.Fatalf("Health: %v", err)
+	}
+	h.Run(t, "pkcs11-tool", "--module", h.Module, "--token-label", h.token, "--login", "--pin", softhsmtest.UserPIN,
+		"--delete-object", "--type", "secrkey", "--label", "health", "--id", "01")
+	err := p.Health(context.Background())
+	checkErr(t, err, core.ErrKeyNotFound, h.token, "health")
+	_, err = p.WrapKey(context.Background(), newDEK(t), ec)
+	checkErr(t, err, core.ErrKeyNotFound, h.token, "health")
+}
+
+// TestCloseWhileBusy closes a provider while callers are wrapping: calls
+// either succeed or fail with core.ErrUnavailable, and nothing crashes.
+func TestCloseWhileBusy(t *testing.T) {
+	h := newHSM(t)
+	cfg := h.config("busy")
+	cfg.Sessions = 2
+	p := create(t, cfg)
+	dek := newDEK(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				if _, err := p.WrapKey(context.Background(), dek, ec); err != nil {
+					if !errors.Is(err, core.ErrUnavailable) {
+						errs <- err
+					}
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(5 * time.Millisecond)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if _, err := p.CurrentVersion(context.Background()); !errors.Is(err, core.ErrUnavailable) {
+		t.Fatalf("CurrentVersion after Close: %v", err)
+	}
+}
