@@ -17,6 +17,18 @@ const Available = false
 // label that keyctl cannot tell apart. It wraps core.ErrFailedPrecondition.
 var ErrAmbiguousKey = fmt.Errorf("several keys with the same label and CKA_ID: %w", core.ErrFailedPrecondition)
 
+// ErrCurrentVersion reports an operation refused on the current KEK version.
+// It wraps core.ErrFailedPrecondition.
+var ErrCurrentVersion = fmt.Errorf("refused on the current key version: %w", core.ErrFailedPrecondition)
+
+// VersionInfo describes one KEK version (see the cgo build).
+type VersionInfo struct {
+	Version string
+	Current bool
+	Usable  bool
+	Objects int
+}
+
 // errNoCgo is returned by every entry point of a cgo-less build.
 var errNoCgo = fmt.Errorf("pkcs11: this keyctl was built without cgo (CGO_ENABLED=0), and the PKCS#11 provider needs it: rebuild with CGO_ENABLED=1 and a C compiler (gcc): %w", core.ErrUnsupported)
 
@@ -70,6 +82,15 @@ func (p *Provider) GenerateDataKey(context.Context, core.Context) (core.DEK, cor
 
 // RotateKey fails: no cgo.
 func (p *Provider) RotateKey(context.Context) (string, error) { return "", errNoCgo }
+
+// Location returns "".
+func (p *Provider) Location() string { return "" }
+
+// Versions fails: no cgo.
+func (p *Provider) Versions(context.Context) ([]VersionInfo, error) { return nil, errNoCgo }
+
+// DestroyVersion fails: no cgo.
+func (p *Provider) DestroyVersion(context.Context, string) error { return errNoCgo }
 
 // Health fails: no cgo.
 func (p *Provider) Health(context.Context) error { return errNoCgo }

@@ -122,7 +122,8 @@ type keyObj struct {
 
 // keySet is the provider's view of the KEK's versions on the token.
 type keySet struct {
-	current   *keyObj // nil if ambiguous or none
+	all       []*keyObj // ascending CKA_ID
+	current   *keyObj   // nil if ambiguous or none
 	byVersion map[string]*keyObj
 	dups      map[string]int // versions held by more than one object
 	curErr    error          // why there is no current key
@@ -650,7 +651,8 @@ func (p *Provider) findKeys(s *session) (*keySet, error) {
 		ks.curErr = p.errorf(core.ErrKeyNotFound, "no secret key with this label on the token (create one: keyctl's pkcs11.CreateKey, or pkcs11-tool --keygen --key-type AES:32 --label %q --id 01)", p.cfg.KeyLabel)
 		return ks, nil
 	}
-	slices.SortFunc(all, func(a, b *keyObj) int { return compareID(a.id, b.id) })
+	slices.SortStableFunc(all, func(a, b *keyObj) int { return compareID(a.id, b.id) })
+	ks.all = all
 	cur := all[len(all)-1]
 	ties := 0
 	for _, k := range all {
@@ -1106,6 +1108,95 @@ func (p *Provider) generate(ctx context.Context, id []byte) (string, error) {
 		return "", err
 	}
 	return version, nil
+}
+
+// ErrCurrentVersion reports an operation refused on the current KEK version
+// (destroying it). Rotate first. It wraps core.ErrFailedPrecondition.
+var ErrCurrentVersion = fmt.Errorf("refused on the current key version: %w", core.ErrFailedPrecondition)
+
+// VersionInfo describes one KEK version: one key object with the KEK's label.
+type VersionInfo struct {
+	// Version is the hex CKA_ID, as written in stanzas.
+	Version string
+	// Current reports whether WrapKey uses this version.
+	Current bool
+	// Usable reports whether the key is an AES-256 key (other keys with the
+	// label are listed but never used).
+	Usable bool
+	// Objects is the number of key objects with this label and CKA_ID; more
+	// than one makes the version ambiguous (ErrAmbiguousKey).
+	Objects int
+}
+
+// Location names where the versions live, for display: the token and the
+// module.
+func (p *Provider) Location() string {
+	return fmt.Sprintf("token %q (module %s)", p.token, p.cfg.Module)
+}
+
+// Versions reads the KEK's key objects from the token and returns one entry
+// per distinct CKA_ID, in ascending CKA_ID order (oldest first for versions
+// made by RotateKey).
+func (p *Provider) Versions(ctx context.Context) ([]VersionInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := p.enter(); err != nil {
+		return nil, err
+	}
+	defer p.inflight.Done()
+	if err := p.reloadKeys(ctx); err != nil {
+		return nil, err
+	}
+	ks := p.keys.Load()
+	var out []VersionInfo
+	for _, k := range ks.all {
+		if len(out) > 0 && out[len(out)-1].Version == k.version {
+			continue
+		}
+		out = append(out, VersionInfo{
+			Version: k.version,
+			Current: ks.current != nil && ks.current.version == k.version,
+			Usable:  k.aes256,
+			Objects: ks.dups[k.version] + 1,
+		})
+	}
+	return out, nil
+}
+
+// DestroyVersion destroys the key object of an older version on the token
+// (C_DestroyObject). Wraps under it can no longer be opened, by anyone:
+// rewrap them first. It refuses the current version (ErrCurrentVersion), an
+// unknown one (core.ErrKeyNotFound) and an ambiguous one (ErrAmbiguousKey).
+func (p *Provider) DestroyVersion(ctx context.Context, version string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := p.enter(); err != nil {
+		return err
+	}
+	defer p.inflight.Done()
+	p.rotMu.Lock()
+	defer p.rotMu.Unlock()
+	if err := p.reloadKeys(ctx); err != nil {
+		return err
+	}
+	ks := p.keys.Load()
+	if n := ks.dups[version]; n > 0 {
+		return p.errorf(ErrAmbiguousKey, "destroy version %s: %d keys share this label and CKA_ID; delete the right one with the token's own tools", version, n+1)
+	}
+	k := ks.byVersion[version]
+	if k == nil {
+		return p.errorf(core.ErrKeyNotFound, "destroy: no key version %q (CKA_ID) on the token", version)
+	}
+	if ks.current == nil || ks.current.version == version {
+		return p.errorf(ErrCurrentVersion, "destroy version %s", version)
+	}
+	err := p.do(ctx, func(s *session) error { return p.mod.ctx.DestroyObject(s.h, k.h) })
+	if err != nil {
+		return p.mapErr("destroy version "+version, err, false)
+	}
+	return p.reloadKeys(ctx)
 }
 
 // Health checks that a logged-in session can be opened and that the current

@@ -5,11 +5,13 @@ package pkcs11_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/keyctl/keyctl/core"
+	"github.com/keyctl/keyctl/providers/pkcs11"
 	softhsmtest "github.com/keyctl/keyctl/softhsm-test"
 )
 
@@ -92,5 +94,49 @@ func TestCloseWhileBusy(t *testing.T) {
 	}
 	if _, err := p.CurrentVersion(context.Background()); !errors.Is(err, core.ErrUnavailable) {
 		t.Fatalf("CurrentVersion after Close: %v", err)
+	}
+}
+
+func TestVersionsAndDestroy(t *testing.T) {
+	h := newHSM(t)
+	h.Keygen(t, h.token, softhsmtest.UserPIN, "vers", softhsmtest.KeyOptions{ID: "01"})
+	h.Keygen(t, h.token, softhsmtest.UserPIN, "vers", softhsmtest.KeyOptions{ID: "02"})
+	h.Keygen(t, h.token, softhsmtest.UserPIN, "vers", softhsmtest.KeyOptions{ID: "02"})
+	h.Keygen(t, h.token, softhsmtest.UserPIN, "vers", softhsmtest.KeyOptions{ID: "03", Bytes: 16})
+	h.Keygen(t, h.token, softhsmtest.UserPIN, "vers", softhsmtest.KeyOptions{ID: "04"})
+	p := open(t, h.config("vers"))
+	ctx := context.Background()
+	vs, err := p.Versions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []pkcs11.VersionInfo{
+		{Version: "01", Usable: true, Objects: 1},
+		{Version: "02", Usable: true, Objects: 2},
+		{Version: "03", Usable: false, Objects: 1},
+		{Version: "04", Usable: true, Objects: 1, Current: true},
+	}
+	if !slices.Equal(vs, want) {
+		t.Fatalf("Versions = %+v\nwant %+v", vs, want)
+	}
+	dek := newDEK(t)
+	s04 := mustWrap(t, p, dek)
+	s01 := s04
+	s01.KeyVersion = "01"
+	for v, sentinel := range map[string]error{"04": pkcs11.ErrCurrentVersion, "02": pkcs11.ErrAmbiguousKey, "09": core.ErrKeyNotFound} {
+		err := p.DestroyVersion(ctx, v)
+		checkErr(t, err, sentinel, h.token, "vers", v)
+	}
+	if !errors.Is(pkcs11.ErrCurrentVersion, core.ErrFailedPrecondition) {
+		t.Fatal("ErrCurrentVersion does not wrap ErrFailedPrecondition")
+	}
+	if err := p.DestroyVersion(ctx, "01"); err != nil {
+		t.Fatalf("DestroyVersion(01): %v", err)
+	}
+	_, err = p.UnwrapKey(ctx, s01, ec)
+	checkErr(t, err, core.ErrKeyNotFound, h.token, "vers")
+	mustUnwrap(t, p, s04, dek)
+	if vs, _ := p.Versions(ctx); len(vs) != 3 || vs[0].Version != "02" {
+		t.Fatalf("after destroy: %+v", vs)
 	}
 }
