@@ -200,3 +200,21 @@ func ReadPINFile(path string) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// String renders c for messages and logs with the PIN redacted; %v, %+v and
+// %#v all use it.
+func (c Config) String() string {
+	slot := "nil"
+	if c.Slot != nil {
+		slot = fmt.Sprint(*c.Slot)
+	}
+	pin := "none"
+	if len(c.PIN) > 0 {
+		pin = "REDACTED"
+	}
+	return fmt.Sprintf("pkcs11.Config{Module:%q TokenLabel:%q TokenSerial:%q Slot:%s PIN:%s KeyLabel:%q Mechanism:%q Sessions:%d}",
+		c.Module, c.TokenLabel, c.TokenSerial, slot, pin, c.KeyLabel, c.Mechanism, c.Sessions)
+}
+
+// GoString implements fmt.GoStringer like String.
+func (c Config) GoString() string { return c.String() }

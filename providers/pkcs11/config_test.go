@@ -3,6 +3,7 @@ package pkcs11_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -111,5 +112,14 @@ func TestReadPINFile(t *testing.T) {
 	}
 	if _, err := pkcs11.ReadPINFile(filepath.Join(dir, "missing")); !errors.Is(err, core.ErrMalformed) {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+func TestConfigStringRedactsPIN(t *testing.T) {
+	c := pkcs11.Config{Module: "m", TokenLabel: "t", KeyLabel: "k", PIN: []byte("secret-pin-77")}
+	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), fmt.Sprintf("%v", &c)} {
+		if strings.Contains(s, "secret-pin-77") || strings.Contains(s, fmt.Sprint([]byte("secret-pin-77"))) || !strings.Contains(s, "REDACTED") {
+			t.Errorf("Config formats as %q", s)
+		}
 	}
 }

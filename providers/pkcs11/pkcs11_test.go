@@ -583,6 +583,9 @@ func TestModuleSharedAndClose(t *testing.T) {
 	h := newHSM(t)
 	a := create(t, h.config("a"))
 	b := create(t, h.config("b"))
+	if n := pkcs11.OpenModules(); n != 1 {
+		t.Fatalf("%d modules open for two providers on one library, want 1", n)
+	}
 	dek := newDEK(t)
 	s := mustWrap(t, b, dek)
 	if err := a.Close(); err != nil {
@@ -594,6 +597,12 @@ func TestModuleSharedAndClose(t *testing.T) {
 	mustUnwrap(t, b, s, dek)
 	_, err := a.WrapKey(context.Background(), dek, ec)
 	checkErr(t, err, core.ErrUnavailable, "closed")
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := pkcs11.OpenModules(); n != 0 {
+		t.Fatalf("%d modules open after the last provider closed, want 0 (finalised)", n)
+	}
 }
 
 // TestMechanismsInterop: a provider configured for one mechanism opens the
