@@ -395,6 +395,8 @@ func TestErrorMapping(t *testing.T) {
 		{p11.CKR_WRAPPED_KEY_INVALID, true, core.ErrUnwrapFailed, "op"},
 		{p11.CKR_GENERAL_ERROR, false, core.ErrUnavailable, "CKR_GENERAL_ERROR"},
 		{p11.CKR_DEVICE_REMOVED, false, core.ErrUnavailable, "CKR_DEVICE_REMOVED"},
+		{p11.CKR_SESSION_COUNT, false, core.ErrUnavailable, "sessions"},
+		{p11.CKR_TOKEN_WRITE_PROTECTED, false, core.ErrPermission, "write-protected"},
 	} {
 		t.Run(fmt.Sprintf("0x%x/%v", tc.ckr, tc.unwrap), func(t *testing.T) {
 			err := pkcs11.MapCode("tok", "kek", tc.ckr, tc.unwrap)

@@ -367,6 +367,11 @@ func (p *Provider) openSession() (*session, error) {
 	gen := p.gen.Load()
 	c := p.mod.ctx
 	h, err := c.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+	if isCode(err, p11.CKR_TOKEN_WRITE_PROTECTED) {
+		// Wrap and unwrap work in read-only sessions; RotateKey and
+		// DestroyVersion will then fail with the token's refusal.
+		h, err = c.OpenSession(slot, p11.CKF_SERIAL_SESSION)
+	}
 	if err != nil {
 		return nil, p.mapErr("open session", err, false)
 	}
@@ -412,6 +417,10 @@ func (p *Provider) mapErr(op string, err error, unwrapping bool) error {
 		sentinel, why = core.ErrUnsupported, "the key is not an AES-256 key usable with this mechanism"
 	case p11.CKR_OBJECT_HANDLE_INVALID, p11.CKR_KEY_HANDLE_INVALID:
 		sentinel, why = core.ErrKeyNotFound, "the key object is gone from the token"
+	case p11.CKR_SESSION_COUNT:
+		sentinel, why = core.ErrUnavailable, "the token refuses more sessions (lower the provider's sessions setting)"
+	case p11.CKR_TOKEN_WRITE_PROTECTED, p11.CKR_SESSION_READ_ONLY:
+		sentinel, why = core.ErrPermission, "the token is write-protected"
 	case p11.CKR_GENERAL_ERROR, p11.CKR_ENCRYPTED_DATA_INVALID, p11.CKR_ENCRYPTED_DATA_LEN_RANGE,
 		p11.CKR_WRAPPED_KEY_INVALID, p11.CKR_WRAPPED_KEY_LEN_RANGE, p11.CKR_DATA_INVALID, p11.CKR_DATA_LEN_RANGE:
 		if unwrapping {
