@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -24,10 +25,11 @@ import (
 	"github.com/keyctl/keyctl/providers/localfile"
 )
 
-// rotate shifts the order in which the implementations of one workload run,
-// so that bench/run can vary it from round to round (the first sub-benchmark
-// after a setup or a GC-heavy neighbour is not always the same one).
-var rotate = flag.Int("rotate", 0, "run the implementations of each workload starting at this index (mod 4)")
+// rotate is the round number bench/run passes: it sets the order in which
+// the implementations of one workload run, so that no implementation always
+// goes first after a setup, or always follows the same neighbour (a
+// go-kms-wrapping run leaves the most garbage behind).
+var rotate = flag.Int("rotate", 0, "round number: runs the implementations of each workload in the order for this round")
 
 // fieldImpl is one library doing field encryption: one database value in,
 // bytes for the column out, with a long-lived key and associated data.
@@ -48,12 +50,18 @@ type envelopeImpl struct {
 
 var implNames = []string{"raw", "keyctl", "tink", "gokms"}
 
-// ordered returns the names starting at *rotate.
+// ordered returns the implementation names in the order for round *rotate:
+// rounds 0-3 start at each name in turn, rounds 4-7 do the same backwards,
+// and so on, so every name both precedes and follows every other.
 func ordered() []string {
 	n := len(implNames)
+	r := max(*rotate, 0)
 	out := make([]string, n)
 	for i := range out {
-		out[i] = implNames[((*rotate%n)+n+i)%n]
+		out[i] = implNames[(r+i)%n]
+	}
+	if (r/n)%2 == 1 {
+		slices.Reverse(out)
 	}
 	return out
 }
