@@ -33,3 +33,10 @@ func OpenModules() int {
 	defer modules.Unlock()
 	return len(modules.m)
 }
+
+// PointCurrentAt makes p's cached handle of its current version name
+// another object, as a module that reuses a destroyed object's handle would.
+func PointCurrentAt(p *Provider, h uint) {
+	p.keys.Load().current.h = p11ObjectHandle(h)
+	p.keys.Load().current.checked.Store(0)
+}

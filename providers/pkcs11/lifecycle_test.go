@@ -140,3 +140,19 @@ func TestVersionsAndDestroy(t *testing.T) {
 		t.Fatalf("after destroy: %+v", vs)
 	}
 }
+
+// TestReusedHandleDetected points the provider's cached handle of its
+// current version at another key, as a module that hands a destroyed
+// object's handle to a new object would: the wrap must not use that key.
+func TestReusedHandleDetected(t *testing.T) {
+	h := newHSM(t)
+	a := create(t, h.config("reuse-a"))
+	create(t, h.config("reuse-b"))
+	c, sh := raw(t, h)
+	other := findKey(t, c, sh, "reuse-b", []byte{0, 0, 0, 1})
+	pkcs11.PointCurrentAt(a, uint(other))
+	dek := newDEK(t)
+	s := mustWrap(t, a, dek)
+	fresh := open(t, h.config("reuse-a")) // fresh handles
+	mustUnwrap(t, fresh, s, dek)
+}

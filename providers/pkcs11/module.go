@@ -93,3 +93,5 @@ func code(err error) uint {
 func isCode(err error, c uint) bool { return err != nil && code(err) == c }
 
 func p11Error(c uint) error { return p11.Error(c) }
+
+func p11ObjectHandle(h uint) p11.ObjectHandle { return p11.ObjectHandle(h) }

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -118,6 +119,7 @@ type keyObj struct {
 	aes256  bool // CKK_AES with CKA_VALUE_LEN 32
 	keyType uint
 	bits    int
+	checked atomic.Int64 // time (UnixNano) checkHandle last confirmed h
 }
 
 // keySet is the provider's view of the KEK's versions on the token.
@@ -825,6 +827,9 @@ func (p *Provider) WrapKey(ctx context.Context, dek core.DEK, ec core.Context) (
 
 func (p *Provider) wrapWith(s *session, k *keyObj, dek core.DEK, ec core.Context) ([]byte, error) {
 	c := p.mod.ctx
+	if err := p.checkHandle(s, k); err != nil {
+		return nil, err
+	}
 	ad := p.ad(p.alg, k.version, ec)
 	if p.alg == core.AlgAES256GCM {
 		iv := make([]byte, gcmIVSize)
@@ -882,6 +887,36 @@ func (p *Provider) wrapWith(s *session, k *keyObj, dek core.DEK, ec core.Context
 		return nil, p.errorf(core.ErrUnavailable, "wrap: the token returned %d bytes of key wrap output, want %d", len(out), kwpDataSize)
 	}
 	return out, nil
+}
+
+// handleCheckInterval is how long checkHandle trusts a confirmed handle.
+const handleCheckInterval = time.Second
+
+// checkHandle confirms, at most once per handleCheckInterval, that the
+// cached handle k.h still names the key with the KEK's label and k's CKA_ID.
+// A module may hand a destroyed object's handle to a new object; without
+// this check a wrap could be made with another key and recorded under k's
+// version, and so be lost. (Reading the attributes costs as much as a wrap
+// on SoftHSM2, hence the interval.) A mismatch is reported as
+// CKR_OBJECT_HANDLE_INVALID, which makes the caller reload the keys and
+// retry.
+func (p *Provider) checkHandle(s *session, k *keyObj) error {
+	now := time.Now().UnixNano()
+	if last := k.checked.Load(); last != 0 && now-last < int64(handleCheckInterval) && now >= last {
+		return nil
+	}
+	attrs, err := p.mod.ctx.GetAttributeValue(s.h, k.h, []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_ID, nil),
+		p11.NewAttribute(p11.CKA_LABEL, nil),
+	})
+	if err != nil {
+		return err
+	}
+	if len(attrs) != 2 || !bytes.Equal(attrs[0].Value, k.id) || string(attrs[1].Value) != p.cfg.KeyLabel {
+		return p11.Error(p11.CKR_OBJECT_HANDLE_INVALID)
+	}
+	k.checked.Store(now)
+	return nil
 }
 
 // kwpCheck is the hash that binds the associated data to a key-wrap wrap.
