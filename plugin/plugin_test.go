@@ -27,6 +27,18 @@ import (
 // plugin tests re-execute the test binary) and as a host that a test kills.
 func TestMain(m *testing.M) {
 	switch {
+	case os.Getenv("KEYCTL_TEST_SERVE") == "slowlocalfile":
+		// localfile with a 20µs pause per unwrap, so that a test can
+		// kill it in the middle of a batch.
+		plugin.Serve(plugin.Provider{Type: "localfile", Schema: builtin.LocalFile.Schema,
+			Open: func(ctx context.Context, v plugin.Values) (core.KeyProvider, error) {
+				p, err := builtin.LocalFile.Open(ctx, v)
+				if err != nil {
+					return nil, err
+				}
+				return slow{p}, nil
+			}})
+		os.Exit(1)
 	case os.Getenv("KEYCTL_TEST_SERVE") != "":
 		if err := builtin.Serve(os.Getenv("KEYCTL_TEST_SERVE")); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -240,7 +252,14 @@ func TestDeadlineReachesCall(t *testing.T) {
 	}
 }
 
-// killer wraps the client and SIGKILLs the plugin process while the third
+type slow struct{ core.KeyProvider }
+
+func (s slow) UnwrapKey(ctx context.Context, st core.Stanza, ec core.Context) (core.DEK, error) {
+	time.Sleep(20 * time.Microsecond)
+	return s.KeyProvider.UnwrapKey(ctx, st, ec)
+}
+
+// killer wraps the client and SIGKILLs the plugin process while the second
 // batched rewrap is in flight.
 type killer struct {
 	*plugin.Client
@@ -249,10 +268,10 @@ type killer struct {
 }
 
 func (k *killer) RewrapKeys(ctx context.Context, items []core.UnwrapRequest) []core.StanzaResult {
-	if k.calls.Add(1) == 3 {
+	if k.calls.Add(1) == 2 {
 		pid := k.Pid()
 		go func() {
-			time.Sleep(500 * time.Microsecond)
+			time.Sleep(5 * time.Millisecond) // a batch takes over 80ms
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			k.killed.Store(true)
 		}()
@@ -267,7 +286,7 @@ func TestKillPluginMidBulkRewrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	const n = 30000
+	const n = 5000
 	items := make([]core.RewrapItem, n)
 	deks := make([]core.DEK, n)
 	for i := range items {
@@ -283,7 +302,13 @@ func TestKillPluginMidBulkRewrap(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c := startLocal(t, path)
+	cfg := localConfig(path, nil)
+	cfg.Command = selfCommand("slowlocalfile")
+	c, err := plugin.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	k := &killer{Client: c}
 	ring, err := core.NewKeyring(k)
 	if err != nil {

@@ -316,6 +316,11 @@ func testRotate(t *testing.T, h Harness) {
 	dek := newDEK(t)
 	old := wrap(t, p, dek, testEC)
 	v, err := r.RotateKey(ctx)
+	if errors.Is(err, core.ErrUnsupported) {
+		// The KeyRotator contract allows it (a plugin client implements
+		// the interface whatever its plugin supports).
+		t.Skip("RotateKey: unsupported")
+	}
 	if err != nil {
 		t.Fatalf("RotateKey: %v", err)
 	}
@@ -365,7 +370,7 @@ func testVaultRewrap(t *testing.T, h Harness) {
 	dek := newDEK(t)
 	src := wrap(t, p, dek, testEC)
 	if r, ok := p.(core.KeyRotator); ok && !h.NoRotation {
-		if _, err := r.RotateKey(ctx); err != nil {
+		if _, err := r.RotateKey(ctx); err != nil && !errors.Is(err, core.ErrUnsupported) {
 			t.Fatalf("RotateKey: %v", err)
 		}
 	}
