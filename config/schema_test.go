@@ -2,6 +2,8 @@ package config
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -144,5 +146,49 @@ func TestCacheErrors(t *testing.T) {
 		if _, err := Parse([]byte(src), "keyctl.hcl"); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want %q", c.block, err, c.want)
 		}
+	}
+}
+
+// TestExamplePluginBlock uncomments the third-party block of
+// config.hcl.example and checks it against a stand-in for the plugin's
+// schema, so that the documented shape stays valid.
+func TestExamplePluginBlock(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "config.hcl.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, `# provider "example"`) {
+			in = true
+		}
+		if in {
+			l = strings.TrimPrefix(strings.TrimPrefix(l, "#"), " ")
+			if l == "}" {
+				in = false
+			}
+		}
+		out = append(out, l)
+	}
+	opts := Options{Schema: func(p *Provider) (plugin.Schema, error) {
+		if p.Plugin == "" {
+			return DefaultSchema(p)
+		}
+		if p.Type != "example" || len(p.SHA256) != 32 {
+			t.Errorf("plugin block %+v", p)
+		}
+		return plugin.Schema{Attributes: []plugin.Attribute{
+			{Name: "key_id", Type: plugin.String, Required: true},
+			{Name: "key", Type: plugin.String, Secret: true, Required: true},
+		}}, nil
+	}, Getenv: func(string) (string, bool) { return "", false }}
+	cfg, err := ParseWith([]byte(strings.Join(out, "\n")), "/x/keyctl.hcl", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := cfg.Provider("ext")
+	if !ok || p.Plugin != "/usr/local/libexec/keyctl-provider-example" || p.SecretEnv["key"] != "EXAMPLE_KEK_HEX" {
+		t.Fatalf("ext = %+v", p)
 	}
 }

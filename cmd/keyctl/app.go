@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -104,7 +105,9 @@ wrapped it, so old wrapped keys keep unwrapping after the KEK rotates, and
 This keyctl is not the Linux keyutils keyctl (kernel keyring tool);
 'keyctl version' identifies it.
 
-Configuration is read from --config, else $KEYCTL_CONFIG, else ./keyctl.hcl.
+Configuration is read from --config, else $KEYCTL_CONFIG, else ./keyctl.hcl,
+else keyctl/keyctl.hcl in the user configuration directory
+($XDG_CONFIG_HOME, default ~/.config). Providers run as plugin subprocesses.
 'keyctl init' creates a local setup to start from.
 
 Exit codes: 0 ok; 1 provider or environment failure; 2 usage error, bad input
@@ -126,7 +129,7 @@ func (a *app) rootCommand() *cobra.Command {
 		return err // an untyped error: exitCode maps it to a usage error
 	})
 	pf := root.PersistentFlags()
-	pf.StringVarP(&a.configFlag, "config", "c", "", "configuration file (default $KEYCTL_CONFIG, else ./keyctl.hcl)")
+	pf.StringVarP(&a.configFlag, "config", "c", "", "configuration file (default $KEYCTL_CONFIG, else ./keyctl.hcl, else the user config dir's keyctl/keyctl.hcl)")
 	pf.BoolVar(&a.jsonOut, "json", false, "print machine-readable JSON on stdout")
 	_ = root.MarkPersistentFlagFilename("config", "hcl")
 
@@ -203,6 +206,14 @@ func (a *app) configPath() string {
 	}
 	if p, ok := a.getenv(config.EnvConfig); ok && p != "" {
 		return p
+	}
+	if _, err := os.Stat(config.DefaultFile); err == nil {
+		return config.DefaultFile
+	}
+	if dir, err := os.UserConfigDir(); err == nil {
+		if p := filepath.Join(dir, "keyctl", config.DefaultFile); fileExists(p) {
+			return p
+		}
 	}
 	return config.DefaultFile
 }
@@ -336,4 +347,9 @@ func (c *checkedWriter) Write(p []byte) (int, error) {
 		c.err = err
 	}
 	return n, err
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
