@@ -51,16 +51,25 @@ func Serve(p Provider) {
 // watchParentDeath handles the parent-death signal the host sets
 // (SIGTERM, see sysproc_linux.go): when keyctl dies, even by SIGKILL, the
 // plugin removes the private socket directory keyctl made for it and exits.
+//
+// A SIGTERM while keyctl is alive (sent to the whole process group, say by
+// a service manager) is ignored: keyctl stops at a safe point and then
+// closes its plugins itself.
 func watchParentDeath() {
 	dir := os.Getenv("PLUGIN_UNIX_SOCKET_DIR")
+	parent := os.Getppid()
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGTERM)
 	go func() {
-		<-ch
-		if dir != "" && strings.HasPrefix(filepath.Base(dir), socketDirPrefix) {
-			_ = os.RemoveAll(dir)
+		for range ch {
+			if os.Getppid() == parent && parent != 1 {
+				continue
+			}
+			if dir != "" && strings.HasPrefix(filepath.Base(dir), socketDirPrefix) {
+				_ = os.RemoveAll(dir)
+			}
+			os.Exit(1)
 		}
-		os.Exit(1)
 	}()
 }
 
