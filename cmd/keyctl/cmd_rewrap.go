@@ -159,8 +159,14 @@ input error, 1 otherwise. Interrupting rewrap loses nothing: run it again.`,
 
 // rewrapOne rewraps wk and fills the item's status.
 func rewrapOne(a *app, rw *core.Rewrapper, wk *core.WrappedKey, ec core.Context, it *rewrapItem) *core.WrappedKey {
-	ref := a.primaryRef
 	out, st, err := rw.Rewrap(a.ctx, wk, ec)
+	return fillItem(a, it, out, st, err)
+}
+
+// fillItem records the outcome of one rewrap in it and returns the record
+// to keep, nil when it failed.
+func fillItem(a *app, it *rewrapItem, out *core.WrappedKey, st core.RewrapStatus, err error) *core.WrappedKey {
+	ref := a.primaryRef
 	if err != nil {
 		it.Status, it.err = core.RewrapFailed.String(), err
 		return nil
@@ -174,6 +180,19 @@ func rewrapOne(a *app, rw *core.Rewrapper, wk *core.WrappedKey, ec core.Context,
 		}
 	}
 	return out
+}
+
+// rewrapBatch is how many stdin lines rewrap hands to core's RewrapAll at
+// once: with a plugin provider one RPC then serves many keys.
+const rewrapBatch = 1024
+
+// rewrapWorkers is the number of batches in flight.
+const rewrapWorkers = 2
+
+// interrupted reports whether err only says that the command was
+// interrupted before the item was done.
+func (a *app) interrupted(err error) bool {
+	return err != nil && a.ctx.Err() != nil && errors.Is(err, a.ctx.Err())
 }
 
 func (a *app) rewrapFiles(rw *core.Rewrapper, files []string, ec core.Context, sum *rewrapSummary) error {
@@ -216,47 +235,91 @@ func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummar
 	sc := bufio.NewScanner(a.stdin)
 	sc.Buffer(make([]byte, 0, 64<<10), core.MaxWrappedKeyText+16)
 	var out bytes.Buffer
+	type line struct {
+		text string // as read
+		it   rewrapItem
+		wk   *core.WrappedKey // nil: blank or unparsable
+		kept bool             // blank, or not reached before an interrupt
+	}
+	var chunk []line
+	// flush rewraps the parsed lines of chunk in batches and writes every
+	// line, in order.
+	flush := func() {
+		var items []core.RewrapItem
+		var idx []int
+		for i := range chunk {
+			if chunk[i].wk != nil {
+				items = append(items, core.RewrapItem{Key: chunk[i].wk, Context: ec})
+				idx = append(idx, i)
+			}
+		}
+		if len(items) > 0 {
+			for j, r := range rw.RewrapAll(a.ctx, items, rewrapWorkers) {
+				l := &chunk[idx[j]]
+				if a.interrupted(r.Err) {
+					l.kept = true
+					continue
+				}
+				res := fillItem(a, &l.it, r.Key, r.Status, r.Err)
+				if l.it.err != nil {
+					l.it.err = fmt.Errorf("stdin line %d: %w", l.it.Line, l.it.err)
+				}
+				l.it.WrappedKey = strings.TrimSpace(l.text)
+				if res != nil {
+					t, err := res.MarshalText()
+					if err != nil {
+						l.it.Status, l.it.err = core.RewrapFailed.String(), err
+					} else {
+						l.it.WrappedKey = string(t)
+					}
+				}
+			}
+		}
+		for _, l := range chunk {
+			switch {
+			case l.kept:
+				out.WriteString(l.text + "\n")
+			case l.wk == nil: // unparsable
+				sum.add(l.it)
+				out.WriteString(l.text + "\n")
+			default:
+				sum.add(l.it)
+				out.WriteString(l.it.WrappedKey + "\n")
+			}
+		}
+		chunk = chunk[:0]
+	}
 	n := 0
 	for sc.Scan() {
 		n++
-		line := sc.Text()
-		trimmed := strings.TrimSpace(line)
+		text := sc.Text()
+		trimmed := strings.TrimSpace(text)
 		if trimmed == "" {
-			out.WriteString(line + "\n")
+			chunk = append(chunk, line{text: text, kept: true})
 			continue
 		}
-		it := rewrapItem{Line: n}
+		l := line{text: text, it: rewrapItem{Line: n}}
 		wk, err := core.ParseWrappedKey([]byte(trimmed))
 		if err != nil {
-			it.Status, it.err = core.RewrapFailed.String(), fmt.Errorf("stdin line %d: %w", n, err)
-			it.WrappedKey = trimmed
-			sum.add(it)
-			out.WriteString(line + "\n")
-			continue
+			l.it.Status, l.it.err = core.RewrapFailed.String(), fmt.Errorf("stdin line %d: %w", n, err)
+			l.it.WrappedKey = trimmed
+		} else {
+			l.wk = wk
 		}
-		res := rewrapOne(a, rw, wk, ec, &it)
-		if it.err != nil {
-			it.err = fmt.Errorf("stdin line %d: %w", n, it.err)
+		chunk = append(chunk, l)
+		if len(chunk) >= rewrapBatch {
+			flush()
 		}
-		text := trimmed
-		if res != nil {
-			t, err := res.MarshalText()
-			if err != nil {
-				it.Status, it.err = core.RewrapFailed.String(), err
-			} else {
-				text = string(t)
-			}
-		}
-		it.WrappedKey = text
-		sum.add(it)
-		out.WriteString(text + "\n")
 		if a.ctx.Err() != nil {
-			// Interrupted: pass the remaining lines through unchanged so
-			// that the output still holds every key.
-			for sc.Scan() {
-				out.WriteString(sc.Text() + "\n")
-			}
 			break
+		}
+	}
+	flush()
+	if a.ctx.Err() != nil {
+		// Interrupted: pass the remaining lines through unchanged so that
+		// the output still holds every key.
+		for sc.Scan() {
+			out.WriteString(sc.Text() + "\n")
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -282,13 +345,17 @@ func (a *app) rewrapKeyset(ring *core.Keyring, rw *core.Rewrapper, sum *rewrapSu
 		return err
 	}
 	changed := false
+	items := make([]core.RewrapItem, len(ks.DEKs))
 	for i := range ks.DEKs {
-		if a.ctx.Err() != nil {
-			break // interrupted: save what was done
+		items[i] = core.RewrapItem{Key: ks.DEKs[i].Wrapped, Context: ks.DEKs[i].Context()}
+	}
+	for i, r := range rw.RewrapAll(a.ctx, items, rewrapWorkers) {
+		if a.interrupted(r.Err) {
+			continue // interrupted: save what was done
 		}
 		e := &ks.DEKs[i]
 		it := rewrapItem{DEKID: fmt.Sprintf("%08x", e.ID)}
-		out := rewrapOne(a, rw, e.Wrapped, e.Context(), &it)
+		out := fillItem(a, &it, r.Key, r.Status, r.Err)
 		if it.err != nil {
 			it.err = fmt.Errorf("keyset DEK %08x: %w", e.ID, it.err)
 		}
