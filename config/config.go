@@ -155,10 +155,31 @@ type Config struct {
 	Dir string
 	// Providers are the provider blocks in file order.
 	Providers []*Provider
-	// Keyring is the keyring block.
+	// Keyrings are the keyring blocks in file order.
+	Keyrings []*Keyring
+	// Keyring is the keyring in use: the one the keyset block names (or
+	// the only one, or "default"), or the one SelectKeyring chose.
 	Keyring Keyring
 	// Keyset is the keyset block.
 	Keyset Keyset
+}
+
+// DefaultKeyring is the name of an unlabelled keyring block.
+const DefaultKeyring = "default"
+
+// SelectKeyring makes the keyring named name the one in use.
+func (c *Config) SelectKeyring(name string) error {
+	for _, k := range c.Keyrings {
+		if k.Name == name {
+			c.Keyring = *k
+			return nil
+		}
+	}
+	names := make([]string, len(c.Keyrings))
+	for i, k := range c.Keyrings {
+		names[i] = fmt.Sprintf("%q", k.Name)
+	}
+	return fmt.Errorf("%s: no keyring named %q; declared: %s: %w", c.Path, name, strings.Join(names, ", "), ErrInvalid)
 }
 
 // Provider is one provider block: a named instance of a provider type.
@@ -186,8 +207,10 @@ type Provider struct {
 	Range hcl.Range
 }
 
-// Keyring is the keyring block.
+// Keyring is a keyring block.
 type Keyring struct {
+	// Name is the block's label, "default" for an unlabelled block.
+	Name string
 	// Primary is the name of the provider that wraps new DEKs.
 	Primary string
 	// DecryptOnly are the names of providers used only to unwrap.
@@ -208,6 +231,8 @@ type Cache struct {
 type Keyset struct {
 	// File is the absolute path of the keyset file.
 	File string
+	// Keyring is the name of the keyring whose DEKs the keyset holds.
+	Keyring string
 }
 
 // Provider returns the provider block named name.
@@ -407,7 +432,8 @@ type cacheSchema struct {
 }
 
 type keysetSchema struct {
-	File string `hcl:"file"`
+	File    string  `hcl:"file"`
+	Keyring *string `hcl:"keyring,optional"`
 }
 
 var (
@@ -416,9 +442,10 @@ var (
 	sha256Hex = regexp.MustCompile(`^[0-9a-fA-F]{64}$`)
 )
 
+// topSchema is the file's layout, but for keyring blocks, whose label is
+// optional (HCL schemas cannot say so); decode reads those itself.
 var topSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{
 	{Type: "provider", LabelNames: []string{"type", "name"}},
-	{Type: "keyring"},
 	{Type: "keyset"},
 }}
 
@@ -467,9 +494,28 @@ func errDiag(summary, detail string, at hcl.Range, extra ...any) *hcl.Diagnostic
 
 func (d *decoder) decode(file *hcl.File) (*Config, hcl.Diagnostics) {
 	cfg := &Config{}
-	content, diags := file.Body.Content(topSchema)
+	content, _, diags := file.Body.PartialContent(topSchema)
 	if content == nil {
 		return cfg, diags
+	}
+	var keyrings []*hcl.Block
+	if sb, ok := file.Body.(*hclsyntax.Body); ok {
+		for _, a := range sb.Attributes {
+			diags = append(diags, errDiag("Unsupported argument", fmt.Sprintf("An argument named %q is not expected here.", a.Name), a.NameRange))
+		}
+		for _, b := range sb.Blocks {
+			switch b.Type {
+			case "provider", "keyset":
+			case "keyring":
+				if len(b.Labels) > 1 {
+					diags = append(diags, errDiag("Extraneous label for keyring", "A keyring block has at most one label, its name.", b.LabelRanges[1]))
+					continue
+				}
+				keyrings = append(keyrings, b.AsHCLBlock())
+			default:
+				diags = append(diags, errDiag("Unsupported block type", fmt.Sprintf("Blocks of type %q are not expected here.", b.Type), b.TypeRange))
+			}
+		}
 	}
 	fileStart := hcl.Range{Filename: d.filename, Start: hcl.InitialPos, End: hcl.InitialPos}
 	// Diagnostics about a missing block point at the file's start, where
@@ -477,13 +523,10 @@ func (d *decoder) decode(file *hcl.File) (*Config, hcl.Diagnostics) {
 	var fileLevel noSnippet
 	byName := map[string]*Provider{}
 	declaredNames := map[string]bool{}
-	var keyrings, keysets []*hcl.Block
+	var keysets []*hcl.Block
 	nProviders := 0
 	for _, b := range content.Blocks {
 		switch b.Type {
-		case "keyring":
-			keyrings = append(keyrings, b)
-			continue
 		case "keyset":
 			keysets = append(keysets, b)
 			continue
@@ -514,14 +557,33 @@ func (d *decoder) decode(file *hcl.File) (*Config, hcl.Diagnostics) {
 			fmt.Sprintf("At least one provider block is required, for example: provider %q \"local\" { key_file = \"kek.json\" }.", TypeLocalFile), fileStart, fileLevel))
 	}
 
-	switch len(keyrings) {
-	case 0:
+	if len(keyrings) == 0 {
 		diags = append(diags, errDiag("Missing keyring block", "A keyring block is required: keyring { primary = \"<provider name>\" }.", fileStart, fileLevel))
-	case 1:
-		diags = append(diags, d.keyring(cfg, keyrings[0], declaredNames)...)
-	default:
-		diags = append(diags, errDiag("Duplicate keyring block",
-			fmt.Sprintf("Only one keyring block is allowed; the first is at %s.", keyrings[0].DefRange), keyrings[1].DefRange))
+	}
+	ringAt := map[string]hcl.Range{}
+	for _, b := range keyrings {
+		name := DefaultKeyring
+		if len(b.Labels) == 1 {
+			name = b.Labels[0]
+		}
+		if prev, dup := ringAt[name]; dup {
+			diags = append(diags, errDiag("Duplicate keyring block",
+				fmt.Sprintf("A keyring named %q is already declared at %s; keyring names must be unique (an unlabelled keyring is named %q).", name, prev, DefaultKeyring), b.DefRange))
+			continue
+		}
+		ringAt[name] = b.DefRange
+		if !provName.MatchString(name) {
+			diags = append(diags, errDiag("Invalid keyring name",
+				fmt.Sprintf("Keyring name %q must start with a letter and hold only letters, digits, '-' and '_' (at most 64).", name), b.DefRange))
+			continue
+		}
+		kd := d.keyring(cfg, b, declaredNames)
+		diags = append(diags, kd...)
+		if !kd.HasErrors() {
+			cfg.Keyring.Name = name
+			k := cfg.Keyring
+			cfg.Keyrings = append(cfg.Keyrings, &k)
+		}
 	}
 
 	switch len(keysets) {
@@ -536,12 +598,58 @@ func (d *decoder) decode(file *hcl.File) (*Config, hcl.Diagnostics) {
 				diags = append(diags, errDiag("Empty keyset file", "The keyset block's file attribute must name a file.", keysets[0].DefRange))
 			}
 			cfg.Keyset = Keyset{File: d.abs(ks.File)}
+			diags = append(diags, d.keysetRing(cfg, ks, keysets[0], ringAt)...)
 		}
 	default:
 		diags = append(diags, errDiag("Duplicate keyset block",
 			fmt.Sprintf("Only one keyset block is allowed; the first is at %s.", keysets[0].DefRange), keysets[1].DefRange))
 	}
 	return cfg, diags
+}
+
+// keysetRing picks the keyring of the keyset: the one its keyring
+// attribute names, else the only one, else "default".
+func (d *decoder) keysetRing(cfg *Config, ks keysetSchema, b *hcl.Block, ringAt map[string]hcl.Range) hcl.Diagnostics {
+	if len(ringAt) == 0 {
+		return nil // "Missing keyring block" says it
+	}
+	declared := make([]string, 0, len(ringAt))
+	for n := range ringAt {
+		declared = append(declared, fmt.Sprintf("%q", n))
+	}
+	slices.Sort(declared)
+	name := ""
+	switch {
+	case ks.Keyring != nil:
+		name = *ks.Keyring
+		if _, ok := ringAt[name]; !ok {
+			at := b.DefRange
+			if sb, ok := b.Body.(*hclsyntax.Body); ok {
+				if a, ok := sb.Attributes["keyring"]; ok {
+					at = a.Expr.Range()
+				}
+			}
+			return hcl.Diagnostics{errDiag("Unknown keyring name",
+				fmt.Sprintf("The keyset names keyring %q, but no keyring block has that name; declared: %s.", name, strings.Join(declared, ", ")), at)}
+		}
+	case len(ringAt) == 1:
+		for n := range ringAt {
+			name = n
+		}
+	default:
+		if _, ok := ringAt[DefaultKeyring]; !ok {
+			return hcl.Diagnostics{errDiag("Which keyring?",
+				fmt.Sprintf("The file declares keyrings %s and none is unlabelled; set keyring = \"<name>\" in the keyset block.", strings.Join(declared, ", ")), b.DefRange)}
+		}
+		name = DefaultKeyring
+	}
+	cfg.Keyset.Keyring = name
+	for _, k := range cfg.Keyrings {
+		if k.Name == name {
+			cfg.Keyring = *k
+		}
+	}
+	return nil
 }
 
 func (d *decoder) keyring(cfg *Config, b *hcl.Block, declared map[string]bool) hcl.Diagnostics {

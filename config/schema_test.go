@@ -192,3 +192,43 @@ func TestExamplePluginBlock(t *testing.T) {
 		t.Fatalf("ext = %+v", p)
 	}
 }
+
+func TestNamedKeyrings(t *testing.T) {
+	const provs = "provider \"localfile\" \"a\" {\n  key_file = \"a.json\"\n}\nprovider \"localfile\" \"b\" {\n  key_file = \"b.json\"\n}\n"
+	src := provs + "keyring \"prod\" {\n  primary = \"a\"\n}\nkeyring \"migrate\" {\n  primary = \"b\"\n  decrypt_only = [\"a\"]\n}\nkeyset {\n  file = \"k\"\n  keyring = \"migrate\"\n}\n"
+	cfg, err := Parse([]byte(src), "keyctl.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Keyrings) != 2 || cfg.Keyring.Name != "migrate" || cfg.Keyring.Primary != "b" || cfg.Keyset.Keyring != "migrate" {
+		t.Fatalf("keyrings %+v, in use %+v", cfg.Keyrings, cfg.Keyring)
+	}
+	if err := cfg.SelectKeyring("prod"); err != nil || cfg.Keyring.Primary != "a" {
+		t.Fatalf("select prod: %v %+v", err, cfg.Keyring)
+	}
+	if err := cfg.SelectKeyring("nope"); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `"prod"`) {
+		t.Fatalf("select nope: %v", err)
+	}
+
+	for _, c := range []struct {
+		name, tail, want string
+		line             int
+	}{
+		{"unknown keyring", "keyring \"prod\" {\n  primary = \"a\"\n}\nkeyset {\n  file = \"k\"\n  keyring = \"staging\"\n}\n",
+			`keyctl.hcl:12,13: Unknown keyring name; The keyset names keyring "staging", but no keyring block has that name; declared: "prod"`, 12},
+		{"ambiguous", "keyring \"x\" {\n  primary = \"a\"\n}\nkeyring \"y\" {\n  primary = \"b\"\n}\nkeyset {\n  file = \"k\"\n}\n", "Which keyring?", 13},
+		{"duplicate name", "keyring \"x\" {\n  primary = \"a\"\n}\nkeyring \"x\" {\n  primary = \"b\"\n}\nkeyset {\n  file = \"k\"\n}\n", "Duplicate keyring block", 10},
+		{"two labels", "keyring \"x\" \"y\" {\n  primary = \"a\"\n}\nkeyset {\n  file = \"k\"\n}\n", "Extraneous label for keyring", 7},
+		{"unknown provider in a named keyring", "keyring \"x\" {\n  primary = \"zz\"\n}\nkeyset {\n  file = \"k\"\n}\n", "Unknown provider name", 8},
+	} {
+		_, err := Parse([]byte(provs+c.tail), "keyctl.hcl")
+		var ce *Error
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
+			continue
+		}
+		if d := ce.Diags(); d[0].Line != c.line {
+			t.Errorf("%s: first diagnostic on line %d, want %d", c.name, d[0].Line, c.line)
+		}
+	}
+}

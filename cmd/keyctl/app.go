@@ -29,8 +29,9 @@ type app struct {
 	getenv func(string) (string, bool)
 
 	// Global flags.
-	configFlag string
-	jsonOut    bool
+	configFlag  string
+	keyringFlag string
+	jsonOut     bool
 
 	cfg       *config.Config
 	providers map[string]core.KeyProvider // opened, by provider name
@@ -131,6 +132,7 @@ func (a *app) rootCommand() *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVarP(&a.configFlag, "config", "c", "", "configuration file (default $KEYCTL_CONFIG, else ./keyctl.hcl, else the user config dir's keyctl/keyctl.hcl)")
 	pf.BoolVar(&a.jsonOut, "json", false, "print machine-readable JSON on stdout")
+	pf.StringVar(&a.keyringFlag, "keyring", "", "keyring to use, by name (default: the keyset's keyring)")
 	_ = root.MarkPersistentFlagFilename("config", "hcl")
 
 	root.AddCommand(
@@ -226,6 +228,11 @@ func (a *app) config() (*config.Config, error) {
 	cfg, err := config.LoadWith(a.configPath(), a.configOptions())
 	if err != nil {
 		return nil, err
+	}
+	if a.keyringFlag != "" {
+		if err := cfg.SelectKeyring(a.keyringFlag); err != nil {
+			return nil, fmt.Errorf("--keyring: %w", err)
+		}
 	}
 	a.cfg = cfg
 	return cfg, nil

@@ -24,6 +24,8 @@ type configResult struct {
 	Primary     string            `json:"primary"`
 	DecryptOnly []string          `json:"decrypt_only"`
 	Keyset      string            `json:"keyset"`
+	Keyring     string            `json:"keyring"`
+	Keyrings    []string          `json:"keyrings"`
 }
 
 func (a *app) configCommand() *cobra.Command {
@@ -43,8 +45,11 @@ listed in the error object.`,
 			if err != nil {
 				return err
 			}
-			res := configResult{Valid: true, Path: cfg.Path, Primary: cfg.Keyring.Primary,
+			res := configResult{Valid: true, Path: cfg.Path, Keyring: cfg.Keyring.Name, Primary: cfg.Keyring.Primary,
 				DecryptOnly: append([]string{}, cfg.Keyring.DecryptOnly...), Keyset: cfg.Keyset.File}
+			for _, k := range cfg.Keyrings {
+				res.Keyrings = append(res.Keyrings, k.Name)
+			}
 			for _, p := range cfg.Providers {
 				ps := providerSummary{Name: p.Name, Type: p.Type}
 				if p.Type == config.TypeLocalFile {
@@ -63,6 +68,9 @@ listed in the error object.`,
 				names[i] = p.Name + " (" + p.Type + ")"
 			}
 			a.printf("  providers:    %s\n", strings.Join(names, ", "))
+			if len(res.Keyrings) > 1 {
+				a.printf("  keyrings:     %s (in use: %s)\n", strings.Join(res.Keyrings, ", "), res.Keyring)
+			}
 			a.printf("  primary:      %s\n", res.Primary)
 			if len(res.DecryptOnly) > 0 {
 				a.printf("  decrypt-only: %s\n", strings.Join(res.DecryptOnly, ", "))
