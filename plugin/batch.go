@@ -80,18 +80,26 @@ func (b *batcher[Req, Res]) do(ctx context.Context, req Req) (Res, error) {
 	case <-b.quit:
 		return zero, fmt.Errorf("%s: client closed: %w", b.c.who(), core.ErrUnavailable)
 	}
+	var err error
 	select {
 	case <-cl.done:
 		return cl.res, cl.err
 	case <-ctx.Done():
-		cl.mu.Lock()
-		cl.abandoned = true
-		if cl.finished && b.discard != nil {
-			b.discard(cl.res)
-		}
-		cl.mu.Unlock()
-		return zero, ctx.Err()
+		err = ctx.Err()
+	case <-b.quit:
+		// Closed while queued: no dispatcher may be left to take it.
+		err = fmt.Errorf("%s: client closed: %w", b.c.who(), core.ErrUnavailable)
 	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.finished && ctx.Err() == nil {
+		return cl.res, cl.err // finished just in time
+	}
+	cl.abandoned = true
+	if cl.finished && b.discard != nil {
+		b.discard(cl.res)
+	}
+	return zero, err
 }
 
 func (b *batcher[Req, Res]) loop() {

@@ -450,3 +450,30 @@ func waitGone(t *testing.T, pid int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestCloseReleasesWaiters: calls in flight or queued when the client is
+// closed return instead of hanging (the CLI's context has no deadline).
+func TestCloseReleasesWaiters(t *testing.T) {
+	c := startLocal(t, newKeyFile(t, "close"))
+	ctx := context.Background()
+	done := make(chan error, 200)
+	for range 200 {
+		go func() {
+			dek, _ := core.NewDEK()
+			_, err := c.WrapKey(ctx, dek, nil)
+			done <- err
+		}()
+	}
+	c.Close()
+	timeout := time.After(10 * time.Second)
+	for range 200 {
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, core.ErrUnavailable) {
+				t.Errorf("after close: %v", err)
+			}
+		case <-timeout:
+			t.Fatal("a call hangs after Close")
+		}
+	}
+}
