@@ -117,3 +117,35 @@ func BenchmarkBulkRewrap(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkConcurrentCalls runs UnwrapKey from 16 goroutines per CPU: the
+// plugin client coalesces the waiting calls into batched RPCs.
+func BenchmarkConcurrentCalls(b *testing.B) {
+	_, inproc, viaPlugin := benchProviders(b)
+	for _, impl := range []struct {
+		name string
+		p    core.KeyProvider
+	}{{"inprocess", inproc}, {"plugin", viaPlugin}} {
+		b.Run("impl="+impl.name, func(b *testing.B) {
+			ctx := context.Background()
+			dek, _ := core.NewDEK()
+			s, err := impl.p.WrapKey(ctx, dek, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetParallelism(16)
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					got, err := impl.p.UnwrapKey(ctx, s, nil)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					got.Zero()
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "calls/s")
+		})
+	}
+}
