@@ -57,6 +57,11 @@ type Provider struct {
 	// Configure. When it needs a secret the configuration did not give, it
 	// returns an error wrapping a *NeedSecretError.
 	Open func(ctx context.Context, v Values) (core.KeyProvider, error)
+	// Parallel is how many items of one batch the plugin process handles at
+	// once. Zero means GOMAXPROCS, right for a provider that computes
+	// locally; a provider that waits on a network vault or an HSM's session
+	// pool sets more (its own limit applies too).
+	Parallel int
 }
 
 // VersionInfo describes one KEK version for [VersionAdmin].

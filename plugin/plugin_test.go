@@ -39,6 +39,20 @@ func TestMain(m *testing.M) {
 				return slow{p}, nil
 			}})
 		os.Exit(1)
+	case os.Getenv("KEYCTL_TEST_SERVE") == "barrierlocalfile":
+		// localfile whose unwraps wait until four are in flight at once (or
+		// fail after 5 s), proving the server does not serve a batch one
+		// item after another.
+		b := &barrier{n: 4, all: make(chan struct{})}
+		plugin.Serve(plugin.Provider{Type: "localfile", Schema: builtin.LocalFile.Schema, Parallel: 4,
+			Open: func(ctx context.Context, v plugin.Values) (core.KeyProvider, error) {
+				p, err := builtin.LocalFile.Open(ctx, v)
+				if err != nil {
+					return nil, err
+				}
+				return barrierProvider{p, b}, nil
+			}})
+		os.Exit(1)
 	case os.Getenv("KEYCTL_TEST_SERVE") != "":
 		if err := builtin.Serve(os.Getenv("KEYCTL_TEST_SERVE")); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -474,6 +488,63 @@ func TestCloseReleasesWaiters(t *testing.T) {
 			}
 		case <-timeout:
 			t.Fatal("a call hangs after Close")
+		}
+	}
+}
+
+type barrier struct {
+	n       int32
+	arrived atomic.Int32
+	all     chan struct{}
+}
+
+type barrierProvider struct {
+	core.KeyProvider
+	b *barrier
+}
+
+func (p barrierProvider) UnwrapKey(ctx context.Context, st core.Stanza, ec core.Context) (core.DEK, error) {
+	if p.b.arrived.Add(1) == p.b.n {
+		close(p.b.all)
+	}
+	select {
+	case <-p.b.all:
+	case <-time.After(5 * time.Second):
+		return nil, fmt.Errorf("only %d of %d unwraps ran at once: %w", p.b.arrived.Load(), p.b.n, core.ErrUnavailable)
+	}
+	return p.KeyProvider.UnwrapKey(ctx, st, ec)
+}
+
+// TestServerServesBatchItemsConcurrently: the items of one batch reach the
+// provider concurrently (up to Provider.Parallel), so a network vault or an
+// HSM behind a plugin is not driven one call at a time.
+func TestServerServesBatchItemsConcurrently(t *testing.T) {
+	path := newKeyFile(t, "barrier")
+	lp, err := localfile.Open(path, localfile.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	reqs := make([]core.UnwrapRequest, 4)
+	deks := make([]core.DEK, 4)
+	for i := range reqs {
+		deks[i], _ = core.NewDEK()
+		s, err := lp.WrapKey(ctx, deks[i], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs[i] = core.UnwrapRequest{Stanza: s}
+	}
+	cfg := localConfig(path, nil)
+	cfg.Command = selfCommand("barrierlocalfile")
+	c, err := plugin.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i, r := range c.UnwrapKeys(ctx, reqs) {
+		if r.Err != nil || !r.DEK.Equal(deks[i]) {
+			t.Fatalf("item %d: %v", i, r.Err)
 		}
 	}
 }

@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -155,10 +157,9 @@ func (s *server) Wrap(ctx context.Context, req *pb.WrapRequest) (*pb.WrapRespons
 		return nil, grpcStatus(err)
 	}
 	out := &pb.WrapResponse{Results: make([]*pb.StanzaResult, len(req.GetItems()))}
-	for i, it := range req.GetItems() {
-		if err := ctx.Err(); err != nil {
-			return nil, grpcStatus(err)
-		}
+	items := req.GetItems()
+	if err := s.each(ctx, len(items), func(i int) {
+		it := items[i]
 		var r pb.StanzaResult
 		ec, err := contextFromPB(it.GetContext())
 		if err == nil {
@@ -171,6 +172,8 @@ func (s *server) Wrap(ctx context.Context, req *pb.WrapRequest) (*pb.WrapRespons
 		clear(it.Dek)
 		r.Error = toPB(err)
 		out.Results[i] = &r
+	}); err != nil {
+		return nil, grpcStatus(err)
 	}
 	return out, nil
 }
@@ -181,10 +184,9 @@ func (s *server) Unwrap(ctx context.Context, req *pb.UnwrapRequest) (*pb.UnwrapR
 		return nil, grpcStatus(err)
 	}
 	out := &pb.UnwrapResponse{Results: make([]*pb.DEKResult, len(req.GetItems()))}
-	for i, it := range req.GetItems() {
-		if err := ctx.Err(); err != nil {
-			return nil, grpcStatus(err)
-		}
+	items := req.GetItems()
+	if err := s.each(ctx, len(items), func(i int) {
+		it := items[i]
 		var r pb.DEKResult
 		st, err := stanzaFromPB(it.GetStanza())
 		var ec core.Context
@@ -198,6 +200,8 @@ func (s *server) Unwrap(ctx context.Context, req *pb.UnwrapRequest) (*pb.UnwrapR
 		}
 		r.Error = toPB(err)
 		out.Results[i] = &r
+	}); err != nil {
+		return nil, grpcStatus(err)
 	}
 	// gRPC marshals the response after this returns, so the DEK copies
 	// here are left to the garbage collector (a best effort, as in core).
@@ -214,10 +218,9 @@ func (s *server) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.RewrapR
 		return nil, grpcStatus(fmt.Errorf("provider %q: vault rewrap: %w", s.def.Type, core.ErrUnsupported))
 	}
 	out := &pb.RewrapResponse{Results: make([]*pb.StanzaResult, len(req.GetItems()))}
-	for i, it := range req.GetItems() {
-		if err := ctx.Err(); err != nil {
-			return nil, grpcStatus(err)
-		}
+	items := req.GetItems()
+	if err := s.each(ctx, len(items), func(i int) {
+		it := items[i]
 		var r pb.StanzaResult
 		src, err := stanzaFromPB(it.GetStanza())
 		var ec core.Context
@@ -237,6 +240,8 @@ func (s *server) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.RewrapR
 		}
 		r.Error = toPB(err)
 		out.Results[i] = &r
+	}); err != nil {
+		return nil, grpcStatus(err)
 	}
 	return out, nil
 }
@@ -347,4 +352,43 @@ func (s *server) SetVersionState(ctx context.Context, req *pb.SetVersionStateReq
 		return &pb.SetVersionStateResponse{Error: toPB(fmt.Errorf("provider %q: KEK versions are managed in its own vault: %w", s.def.Type, core.ErrUnsupported))}, nil
 	}
 	return &pb.SetVersionStateResponse{Error: toPB(va.SetVersionState(ctx, req.GetVersion(), req.GetState()))}, nil
+}
+
+// each calls fn for every i in [0, n), up to Provider.Parallel at a time
+// (GOMAXPROCS when unset), so that a batch sent by the client is not served
+// one item after another: a vault behind the network or an HSM's session
+// pool serves several at once. It stops starting items once ctx is done
+// and then returns ctx's error.
+func (s *server) each(ctx context.Context, n int, fn func(i int)) error {
+	width := s.def.Parallel
+	if width <= 0 {
+		width = runtime.GOMAXPROCS(0)
+	}
+	width = min(width, n)
+	if width <= 1 {
+		for i := range n {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			fn(i)
+		}
+		return ctx.Err()
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range width {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				fn(i)
+			}
+		}()
+	}
+	wg.Wait()
+	return ctx.Err()
 }
