@@ -402,6 +402,12 @@ func (a *app) loadKeyset() (*core.Keyset, string, error) {
 		return nil, "", err
 	}
 	path := cfg.Keyset.File
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o022 != 0 {
+		// Anyone who can write the keyset can swap a DEK's wrap for one of a
+		// DEK they know (with Encrypt rights on the KEK) or delete DEKs.
+		return nil, path, withHint(fmt.Errorf("keyset %s has mode %04o: it is writable by group or others: %w", path, fi.Mode().Perm(), core.ErrPermission),
+			"chmod 600 "+path)
+	}
 	b, err := readFileLimit(path, core.MaxKeysetBytes)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {

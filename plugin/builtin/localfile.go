@@ -30,7 +30,7 @@ var LocalFile = plugin.Provider{
 func openLocalFile(_ context.Context, v plugin.Values) (core.KeyProvider, error) {
 	path := v.String("key_file")
 	pass, given := v.Secret("passphrase")
-	lp, err := localfile.Open(path, localfile.Options{Passphrase: func() ([]byte, error) {
+	lp, err := localfile.Open(path, localfile.Options{RequireProtected: given, Passphrase: func() ([]byte, error) {
 		if !given {
 			return nil, &plugin.NeedSecretError{Attribute: "passphrase", For: "key file " + path, What: fmt.Sprintf("key file %s is passphrase-protected", path)}
 		}

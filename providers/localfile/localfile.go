@@ -111,6 +111,10 @@ type Options struct {
 	// the returned slice when done. nil with a protected file is an error
 	// wrapping core.ErrPermission.
 	Passphrase func() ([]byte, error)
+	// RequireProtected refuses a key file that is not passphrase-protected,
+	// so that a protected file swapped for an unprotected one (a downgrade)
+	// is noticed. Set it when the configuration names a passphrase.
+	RequireProtected bool
 }
 
 // Provider is a key file opened for use. It keeps one ready AES-GCM
@@ -253,6 +257,9 @@ func Open(path string, opts Options) (*Provider, error) {
 		return nil, err
 	}
 	defer kf.zero()
+	if opts.RequireProtected && s == nil {
+		return nil, fmt.Errorf("localfile: key file %s is not passphrase-protected, but a passphrase was configured for it (was the file replaced?): %w", path, core.ErrPermission)
+	}
 	p := &Provider{path: path, file: file, lockFile: file + ".lock", ref: core.KeyRef{Provider: Type, KeyID: kf.keyID}, seal: s}
 	st, err := buildState(kf, fi)
 	if err != nil {

@@ -1351,3 +1351,16 @@ func BenchmarkUnwrap(b *testing.B) {
 		d.Zero()
 	}
 }
+
+// TestRequireProtected: a configured passphrase makes an unprotected key file
+// (a downgrade) an error, and a protected one still opens.
+func TestRequireProtected(t *testing.T) {
+	_, plain := create(t, CreateOptions{})
+	if _, err := Open(plain, Options{RequireProtected: true, Passphrase: constPass("pw")}); !errors.Is(err, core.ErrPermission) || !strings.Contains(err.Error(), "not passphrase-protected") {
+		t.Fatalf("unprotected file with RequireProtected: %v", err)
+	}
+	_, prot := create(t, CreateOptions{Passphrase: []byte("pw")})
+	if _, err := Open(prot, Options{RequireProtected: true, Passphrase: constPass("pw")}); err != nil {
+		t.Fatalf("protected file with RequireProtected: %v", err)
+	}
+}
