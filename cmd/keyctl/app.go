@@ -306,7 +306,11 @@ func (a *app) terminalStdin() (int, bool) {
 
 // stdoutIsTerminal reports whether stdout is a terminal.
 func (a *app) stdoutIsTerminal() bool {
-	f, ok := a.stdout.(*os.File)
+	w := a.stdout
+	if c, ok := w.(*checkedWriter); ok {
+		w = c.w
+	}
+	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 

@@ -31,9 +31,12 @@ func (a *app) encryptCommand() *cobra.Command {
 with the primary DEK of the configured keyset, and print the field ciphertext
 in its text form (unpadded base64url). --ad is the associated data (for
 example "users.email:42"): decrypt must be given the same, so a value copied
-into another row does not decrypt. --ad is required; --ad "" binds nothing.`,
-		Example: `  keyctl encrypt --ad users.email:42 alice@example.com
-  printf %s "$secret" | keyctl encrypt --ad config.token`,
+into another row does not decrypt. --ad is required; --ad "" binds nothing.
+
+Prefer stdin for real values: a VALUE argument is visible to other users in
+the process list and stays in shell history.`,
+		Example: `  printf %s "$email" | keyctl encrypt --ad users.email:42
+  keyctl encrypt --ad test:1 not-a-secret`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			var pt []byte

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/keyctl/keyctl/config"
 	"github.com/keyctl/keyctl/core"
@@ -65,8 +67,9 @@ type initResult struct {
 
 func (a *app) initCommand() *cobra.Command {
 	var dir, keyID, passEnv string
+	var prompt bool
 	c := &cobra.Command{
-		Use:   "init [--dir DIR] [--key-id ID] [--passphrase-env VAR]",
+		Use:   "init [--dir DIR] [--key-id ID] [--passphrase-env VAR | --passphrase-prompt]",
 		Short: "Create a local key file, a keyset and a starter keyctl.hcl",
 		Long: `Create, in DIR (default: the current directory):
 
@@ -76,24 +79,57 @@ func (a *app) initCommand() *cobra.Command {
 
 With --passphrase-env VAR the key file is protected by the passphrase held in
 the environment variable VAR, and keyctl.hcl names VAR in passphrase_env.
+With --passphrase-prompt the passphrase is typed on the terminal (twice), and
+keyctl asks for it again on the terminal whenever it opens the key file.
 init never overwrites a file: if any of the three exists it does nothing and
 exits with status 2.`,
 		Example: `  keyctl init --dir ./keys
   KEYCTL_PASSPHRASE=... keyctl init --passphrase-env KEYCTL_PASSPHRASE`,
 		Args: cobra.NoArgs,
 		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			return a.runInit(dir, keyID, passEnv)
+			return a.runInit(dir, keyID, passEnv, prompt)
 		}),
 	}
 	c.Flags().StringVar(&dir, "dir", ".", "directory to create the files in (created if missing)")
 	c.Flags().StringVar(&keyID, "key-id", "", "KEK id written in every wrapped key (default: local-<8 random hex digits>, unique per init)")
 	c.Flags().StringVar(&passEnv, "passphrase-env", "", "protect the key file with the passphrase held in this environment variable")
+	c.Flags().BoolVar(&prompt, "passphrase-prompt", false, "protect the key file with a passphrase typed on the terminal (asked twice)")
 	_ = c.MarkFlagDirname("dir")
 	return c
 }
 
-func (a *app) runInit(dir, keyID, passEnv string) (err error) {
+func (a *app) runInit(dir, keyID, passEnv string, prompt bool) (err error) {
 	var pass []byte
+	if prompt && passEnv != "" {
+		return usagef("--passphrase-prompt and --passphrase-env: choose one")
+	}
+	if prompt {
+		fd, ok := a.terminalStdin()
+		if !ok {
+			return withHint(usagef("--passphrase-prompt needs a terminal on stdin"), "use --passphrase-env VAR in scripts")
+		}
+		var p1, p2 []byte
+		fmt.Fprint(a.stderr, "Passphrase for the new key file: ")
+		p1, err = term.ReadPassword(fd)
+		fmt.Fprintln(a.stderr)
+		if err == nil {
+			fmt.Fprint(a.stderr, "Same passphrase again: ")
+			p2, err = term.ReadPassword(fd)
+			fmt.Fprintln(a.stderr)
+		}
+		defer clear(p1)
+		defer clear(p2)
+		if err != nil {
+			return fmt.Errorf("init: read passphrase from the terminal: %w", err)
+		}
+		if len(p1) == 0 {
+			return usagef("init: empty passphrase")
+		}
+		if !bytes.Equal(p1, p2) {
+			return usagef("init: the two passphrases differ")
+		}
+		pass = p1
+	}
 	if passEnv != "" {
 		if !envVarName.MatchString(passEnv) {
 			return usagef("--passphrase-env %q: want the name of an environment variable, not the passphrase", passEnv)
