@@ -368,12 +368,14 @@ func LoadWith(path string, opts Options) (*Config, error) {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("config %s: %w", path, ErrNotFound)
 		}
-		return nil, fmt.Errorf("config: %w", err)
+		// Unreadable (permissions): a configuration problem, not a vault's.
+		return nil, fmt.Errorf("config: %v: %w", err, ErrInvalid)
 	}
 	defer f.Close()
 	src, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("config: read %s: %w", path, err)
+		// A directory, say.
+		return nil, fmt.Errorf("config: read %s: %v: %w", path, err, ErrInvalid)
 	}
 	if len(src) > MaxFileSize {
 		return nil, fmt.Errorf("config %s: larger than %d bytes: %w", path, MaxFileSize, ErrInvalid)

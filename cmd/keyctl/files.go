@@ -70,6 +70,9 @@ func writeFileAtomic(path string, data []byte, perm fs.FileMode, replace bool) (
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return usagef("write %s: directory %s does not exist", path, dir)
+		}
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
 			return fmt.Errorf("write %s: in directory %s: %w", path, dir, pe.Err)
