@@ -21,6 +21,7 @@ import (
 // providers is the fixed table of built-in providers.
 var providers = []plugin.Provider{
 	LocalFile,
+	PKCS11,
 }
 
 // Lookup returns the built-in provider of type typ.
