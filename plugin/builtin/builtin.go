@@ -21,6 +21,7 @@ import (
 // providers is the fixed table of built-in providers.
 var providers = []plugin.Provider{
 	LocalFile,
+	AWSKMS,
 	PKCS11,
 }
 
