@@ -101,7 +101,7 @@ func (a *app) versionAdmin(provName string) (string, core.KeyProvider, plugin.Ve
 type kekVersion struct {
 	Version string `json:"version"`
 	State   string `json:"state"`
-	Created string `json:"created"`
+	Created string `json:"created"` // RFC 3339, or "" when the vault records none
 	Current bool   `json:"current"`
 }
 
@@ -138,7 +138,11 @@ func (a *app) kekCommand() *cobra.Command {
 			}
 			res := kekListResult{Provider: name, KeyID: p.Ref().KeyID, KeyFile: loc, Versions: []kekVersion{}}
 			for _, v := range vs {
-				res.Versions = append(res.Versions, kekVersion{Version: v.Version, State: string(v.State), Created: v.Created.UTC().Format(time.RFC3339), Current: v.Current})
+				created := "" // unknown: PKCS#11 records no creation time
+				if !v.Created.IsZero() {
+					created = v.Created.UTC().Format(time.RFC3339)
+				}
+				res.Versions = append(res.Versions, kekVersion{Version: v.Version, State: string(v.State), Created: created, Current: v.Current})
 			}
 			if a.jsonOut {
 				a.emitJSON(res)
@@ -151,7 +155,11 @@ func (a *app) kekCommand() *cobra.Command {
 				if v.Current {
 					cur = "*"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", oneLine(v.Version), v.State, v.Created, cur)
+				created := v.Created
+				if created == "" {
+					created = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", oneLine(v.Version), v.State, created, cur)
 			}
 			return tw.Flush()
 		}),
