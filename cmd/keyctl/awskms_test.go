@@ -428,3 +428,40 @@ func kmsKeyctlOK(t *testing.T, stdin []byte, args ...string) (string, string) {
 	}
 	return stdout, stderr
 }
+
+// FuzzImportDecode feeds arbitrary input to the decoder of keyctl import:
+// no panic, errors are input or usage errors, a result is never empty, and
+// base64 of any blob decodes back to it.
+func FuzzImportDecode(f *testing.F) {
+	f.Add([]byte("AQICAHh4c2FtcGxl\n"), importAuto)
+	f.Add([]byte{1, 2, 2, 0, 0x78, 0xff}, importRaw)
+	f.Add([]byte("keyctl-wk1:abc"), importBase64)
+	f.Add([]byte(" \n"), importAuto)
+	f.Fuzz(func(t *testing.T, in []byte, encoding string) {
+		switch encoding {
+		case importAuto, importRaw, importBase64:
+		default:
+			encoding = importAuto
+		}
+		blob, enc, err := decodeBlob(in, encoding)
+		if err != nil {
+			if exitCode(&commandError{err: err}) != exitUsage {
+				t.Fatalf("error is not an input error: %v", err)
+			}
+			return
+		}
+		if len(blob) == 0 || (enc != importRaw && enc != importBase64) {
+			t.Fatalf("decodeBlob(%q, %s) = %q, %q", in, encoding, blob, enc)
+		}
+		if encoding == importRaw && !bytes.Equal(blob, in) {
+			t.Fatal("--encoding raw changed the input")
+		}
+		if bytes.HasPrefix(bytes.TrimSpace(in), []byte("keyctl-wk")) {
+			return
+		}
+		back, enc2, err := decodeBlob([]byte(base64.StdEncoding.EncodeToString(in)+"\n"), importAuto)
+		if len(in) > 0 && !core.IsBinaryWrappedKey(in) && (err != nil || enc2 != importBase64 || !bytes.Equal(back, in)) {
+			t.Fatalf("base64 of %q: %q, %s, %v", in, back, enc2, err)
+		}
+	})
+}

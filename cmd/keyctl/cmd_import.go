@@ -185,6 +185,9 @@ func decodeBlob(in []byte, encoding string) ([]byte, string, error) {
 		return bytes.Clone(in), importRaw, nil
 	}
 	if b, ok := decodeBase64(trimmed); ok {
+		if core.IsBinaryWrappedKey(b) {
+			return nil, "", withHint(usagef("the input is the base64 of a keyctl wrapped key, not of a KMS CiphertextBlob"), "use `keyctl rewrap` to move it onto another provider")
+		}
 		return b, importBase64, nil
 	}
 	if encoding == importBase64 {
