@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -203,32 +202,7 @@ func TestAWSKMSThroughPlugin(t *testing.T) {
 // commented block of config.hcl.example (uncommented here), and a typo and a
 // missing key_id, which are file:line diagnostics.
 func TestAWSKMSConfig(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("..", "..", "config.hcl.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	in, found := false, false
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, `# provider "awskms"`) {
-			in, found = true, true
-		}
-		if in {
-			l = strings.TrimPrefix(strings.TrimPrefix(l, "#"), " ")
-			if l == "}" {
-				in = false
-			}
-		}
-		out = append(out, l)
-	}
-	if !found {
-		t.Fatal(`config.hcl.example has no commented provider "awskms" block`)
-	}
-	noEnv := func(string) (string, bool) { return "", false }
-	cfg, err := config.ParseWith([]byte(strings.Join(out, "\n")), "/x/keyctl.hcl", config.Options{Getenv: noEnv})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := parseExampleBlock(t, "awskms")
 	i := slices.IndexFunc(cfg.Providers, func(p *config.Provider) bool { return p.Type == awskms.Type })
 	if i < 0 {
 		t.Fatal("no awskms provider decoded")

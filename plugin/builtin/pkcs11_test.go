@@ -102,32 +102,7 @@ func TestPKCS11OpenAsksForPIN(t *testing.T) {
 // stays valid; and checks that a typo, a literal PIN and a missing
 // key_label are diagnostics with their line.
 func TestPKCS11ExampleBlock(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("..", "..", "config.hcl.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	in, found := false, false
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, `# provider "pkcs11"`) {
-			in, found = true, true
-		}
-		if in {
-			l = strings.TrimPrefix(strings.TrimPrefix(l, "#"), " ")
-			if l == "}" {
-				in = false
-			}
-		}
-		out = append(out, l)
-	}
-	if !found {
-		t.Fatal(`config.hcl.example has no commented provider "pkcs11" block`)
-	}
-	noEnv := func(string) (string, bool) { return "", false }
-	cfg, err := config.ParseWith([]byte(strings.Join(out, "\n")), "/x/keyctl.hcl", config.Options{Getenv: noEnv})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := parseExampleBlock(t, "pkcs11")
 	p, ok := cfg.Provider("hsm")
 	if !ok || p.Type != pkcs11.Type {
 		t.Fatalf("no pkcs11 provider \"hsm\" decoded: %+v", cfg.Providers)
