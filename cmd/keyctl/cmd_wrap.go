@@ -174,18 +174,22 @@ const (
 	encRaw    = "raw"
 )
 
+// encodeDEK renders dek as hex, base64 or raw bytes for unwrap's output.
+// The result has room for one more byte, so that appending the final newline
+// does not copy the encoded DEK to a buffer the caller's clear cannot reach.
 func encodeDEK(dek core.DEK, enc string) ([]byte, error) {
 	switch enc {
 	case encHex:
-		out := make([]byte, hex.EncodedLen(len(dek)))
+		out := make([]byte, hex.EncodedLen(len(dek)), hex.EncodedLen(len(dek))+1)
 		hex.Encode(out, dek)
 		return out, nil
 	case encBase64:
-		out := make([]byte, base64.StdEncoding.EncodedLen(len(dek)))
+		n := base64.StdEncoding.EncodedLen(len(dek))
+		out := make([]byte, n, n+1)
 		base64.StdEncoding.Encode(out, dek)
 		return out, nil
 	case encRaw:
-		return bytes.Clone(dek), nil
+		return append(make([]byte, 0, len(dek)+1), dek...), nil
 	}
 	return nil, usagef("--encoding %q: want hex, base64 or raw", enc)
 }
