@@ -3,6 +3,7 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"time"
 )
@@ -107,6 +108,24 @@ type Value struct {
 	Bool   bool
 	List   []string
 	Secret []byte
+}
+
+// Format prints a Value with any secret redacted, for every fmt verb, so
+// that a Value (or Values) that reaches a log line does not reveal a PIN or
+// a passphrase.
+func (x Value) Format(f fmt.State, _ rune) {
+	switch {
+	case x.Secret != nil:
+		_, _ = io.WriteString(f, "<redacted>")
+	case x.List != nil:
+		fmt.Fprintf(f, "%q", x.List)
+	case x.Str != "":
+		fmt.Fprintf(f, "%q", x.Str)
+	case x.Bool:
+		_, _ = io.WriteString(f, "true")
+	default:
+		fmt.Fprintf(f, "%v", x.Num)
+	}
 }
 
 // Values are the decoded attributes of a provider block, by name. Absent
