@@ -1,0 +1,187 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+
+	"github.com/keyctl/keyctl/core"
+)
+
+// FileStore keeps a keyset in one JSON file (the form of core.ParseKeyset).
+// Every change takes an exclusive flock on path+".lock", reads the file,
+// writes the new content to a temporary file in the same directory, fsyncs
+// it, renames it over the file and fsyncs the directory: a reader sees the
+// old or the new keyset, never a mix, and two processes cannot lose each
+// other's changes. Per-DEK operations rewrite the whole file (a keyset holds
+// at most core.MaxKeysetDEKs entries).
+type FileStore struct {
+	path string
+}
+
+var _ core.KeysetStore = (*FileStore)(nil)
+
+// OpenFile returns the store for the keyset file at path. The file need not
+// exist yet: Load then returns an empty keyset and the first Update creates
+// it (mode 0600).
+func OpenFile(path string) (*FileStore, error) {
+	if path == "" {
+		return nil, fmt.Errorf("keyset file: empty path: %w", core.ErrMalformed)
+	}
+	return &FileStore{path: path}, nil
+}
+
+// Path returns the keyset file's path.
+func (s *FileStore) Path() string { return s.path }
+
+// Close does nothing; a FileStore holds no open file between calls.
+func (s *FileStore) Close() error { return nil }
+
+// Load reads and validates the keyset file.
+func (s *FileStore) Load(ctx context.Context) (*core.Keyset, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.read()
+}
+
+func (s *FileStore) read() (*core.Keyset, error) {
+	f, err := os.Open(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return core.NewKeyset(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keyset file %s: %w", s.path, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, core.MaxKeysetBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("keyset file %s: %w", s.path, err)
+	}
+	ks, err := core.ParseKeyset(b)
+	if err != nil {
+		return nil, fmt.Errorf("keyset file %s: %w", s.path, err)
+	}
+	return ks, nil
+}
+
+// Update runs fn on the current keyset under the file's lock and replaces the
+// file atomically with the result.
+func (s *FileStore) Update(ctx context.Context, fn func(*core.Keyset) error) error {
+	unlock, err := lockFile(ctx, s.path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	ks, err := s.read()
+	if err != nil {
+		return err
+	}
+	if err := fn(ks); err != nil {
+		return err
+	}
+	return s.write(ks)
+}
+
+// Entries returns a page of entries in ascending id order.
+func (s *FileStore) Entries(ctx context.Context, after uint32, limit int) ([]core.KeysetEntry, error) {
+	ks, err := s.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return page(ks, after, limit), nil
+}
+
+// SwapWrapped replaces DEK id's wrapped key if it still equals prev.
+func (s *FileStore) SwapWrapped(ctx context.Context, id uint32, prev, next *core.WrappedKey) error {
+	return s.Update(ctx, func(ks *core.Keyset) error { return swapInKeyset(ks, id, prev, next) })
+}
+
+func (s *FileStore) write(ks *core.Keyset) error {
+	b, err := ks.Marshal()
+	if err != nil {
+		return fmt.Errorf("keyset file %s: %w", s.path, err)
+	}
+	dir := filepath.Dir(s.path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(s.path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("keyset file %s: %w", s.path, err)
+	}
+	done := false
+	defer func() {
+		if !done {
+			_ = tmp.Close()
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(0o600); err != nil {
+		return fmt.Errorf("keyset file %s: %w", s.path, err)
+	}
+	if _, err := tmp.Write(b); err != nil {
+		return fmt.Errorf("keyset file %s: %w", s.path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("keyset file %s: fsync: %w", s.path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("keyset file %s: %w", s.path, err)
+	}
+	if err := os.Rename(tmp.Name(), s.path); err != nil {
+		return fmt.Errorf("keyset file %s: %w", s.path, err)
+	}
+	done = true
+	if d, err := os.Open(dir); err == nil {
+		err = d.Sync()
+		_ = d.Close()
+		if err != nil && !errors.Is(err, syscall.EINVAL) {
+			return fmt.Errorf("keyset file %s: fsync of the directory: %w", s.path, err)
+		}
+	}
+	return nil
+}
+
+// page returns up to limit entries of ks with id > after, by ascending id.
+func page(ks *core.Keyset, after uint32, limit int) []core.KeysetEntry {
+	var out []core.KeysetEntry
+	for _, e := range ks.DEKs {
+		if e.ID > after {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b core.KeysetEntry) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+func swapInKeyset(ks *core.Keyset, id uint32, prev, next *core.WrappedKey) error {
+	if next == nil {
+		return fmt.Errorf("keyset: DEK %08x: no new wrapped key: %w", id, core.ErrMalformed)
+	}
+	if err := next.Validate(); err != nil {
+		return fmt.Errorf("keyset: DEK %08x: new wrapped key: %w", id, err)
+	}
+	e, err := ks.Entry(id)
+	if err != nil {
+		return err
+	}
+	if !core.SameWrappedKey(e.Wrapped, prev) {
+		return fmt.Errorf("keyset: DEK %08x: its wrapped key is no longer the one read: %w", id, core.ErrConflict)
+	}
+	e.Wrapped = next.Clone()
+	return nil
+}

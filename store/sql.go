@@ -1,0 +1,432 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	"github.com/keyctl/keyctl/core"
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+)
+
+// dialect is what differs between SQLite and PostgreSQL.
+type dialect int
+
+const (
+	sqlite dialect = iota
+	postgres
+)
+
+func (d dialect) String() string {
+	if d == postgres {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// DefaultKeyset is the keyset name used when Options.Keyset is empty.
+const DefaultKeyset = "default"
+
+// Options configure a SQL store.
+type Options struct {
+	// Keyset names the keyset within the database (one database can hold
+	// several); DefaultKeyset if empty.
+	Keyset string
+}
+
+// SQLStore keeps keysets in a SQLite or PostgreSQL database: one row per
+// DEK in keyctl_deks, one row per keyset in keyctl_keysets. Opening it
+// creates or migrates the schema (see migrations). Update runs in one
+// transaction that holds the keyset row's lock (PostgreSQL: SELECT ... FOR
+// UPDATE; SQLite: BEGIN IMMEDIATE, the database's write lock); SwapWrapped
+// is one conditional UPDATE of one row.
+type SQLStore struct {
+	db     *sql.DB
+	d      dialect
+	keyset string
+	where  string // for errors: "sqlite <path>" or "postgres"
+}
+
+var _ core.KeysetStore = (*SQLStore)(nil)
+
+// OpenSQLite opens (creating if needed) the SQLite database file at path and
+// migrates its schema. It uses WAL, a 30 s busy timeout and immediate
+// (write-locking) transactions.
+func OpenSQLite(ctx context.Context, path string, o Options) (*SQLStore, error) {
+	if path == "" || strings.ContainsAny(path, "?#") {
+		return nil, fmt.Errorf("keyset store sqlite: path %q: %w", path, core.ErrMalformed)
+	}
+	dsn := "file:" + path + "?_txlock=immediate&_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("keyset store sqlite %s: %w", path, err)
+	}
+	return open(ctx, db, sqlite, "sqlite "+path, o)
+}
+
+// OpenPostgres connects to the PostgreSQL database at url (a libpq URL or
+// key=value string, as pgx accepts) and migrates its schema.
+func OpenPostgres(ctx context.Context, url string, o Options) (*SQLStore, error) {
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		return nil, fmt.Errorf("keyset store postgres: %w", err) // pgx does not echo the password
+	}
+	return open(ctx, db, postgres, "postgres", o)
+}
+
+func open(ctx context.Context, db *sql.DB, d dialect, where string, o Options) (*SQLStore, error) {
+	s := &SQLStore{db: db, d: d, keyset: o.Keyset, where: where}
+	if s.keyset == "" {
+		s.keyset = DefaultKeyset
+	}
+	if len(s.keyset) > 200 {
+		_ = db.Close()
+		return nil, fmt.Errorf("keyset store %s: keyset name longer than 200 bytes: %w", where, core.ErrMalformed)
+	}
+	if err := s.migrate(ctx); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the database handle.
+func (s *SQLStore) Close() error { return s.db.Close() }
+
+// SchemaVersion returns the schema version the database is at.
+func (s *SQLStore) SchemaVersion(ctx context.Context) (int, error) {
+	var v sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, `SELECT MAX(version) FROM keyctl_schema_version`).Scan(&v); err != nil {
+		return 0, s.errf("schema version", err)
+	}
+	return int(v.Int64), nil
+}
+
+// migrations are the schema changes, in order; migrations[i] brings the
+// schema to version i+1. Append only: never edit a released one.
+var migrations = []string{
+	// 1: keysets and their DEKs.
+	`CREATE TABLE keyctl_keysets (
+		name    TEXT    NOT NULL PRIMARY KEY,
+		format  INTEGER NOT NULL
+	);
+	CREATE TABLE keyctl_deks (
+		keyset  TEXT    NOT NULL REFERENCES keyctl_keysets(name),
+		id      BIGINT  NOT NULL,
+		seq     BIGINT  NOT NULL,
+		state   TEXT    NOT NULL,
+		created TEXT    NOT NULL,
+		wrapped TEXT    NOT NULL,
+		PRIMARY KEY (keyset, id)
+	)`,
+}
+
+// migrate creates keyctl_schema_version if needed and applies the missing
+// migrations in one transaction, serialised against other processes
+// (PostgreSQL: an advisory transaction lock; SQLite: the write lock).
+func (s *SQLStore) migrate(ctx context.Context) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return s.errf("migrate", err)
+	}
+	defer tx.Rollback()
+	if s.d == postgres {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(7306010361)`); err != nil {
+			return s.errf("migrate: lock", err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS keyctl_schema_version (version INTEGER NOT NULL PRIMARY KEY, applied TEXT NOT NULL)`); err != nil {
+		return s.errf("migrate", err)
+	}
+	var cur sql.NullInt64
+	if err := tx.QueryRowContext(ctx, `SELECT MAX(version) FROM keyctl_schema_version`).Scan(&cur); err != nil {
+		return s.errf("migrate", err)
+	}
+	v := int(cur.Int64)
+	if v > len(migrations) {
+		return fmt.Errorf("keyset store %s: schema version %d is newer than this build's %d: %w", s.where, v, len(migrations), core.ErrUnsupportedVersion)
+	}
+	for i := v; i < len(migrations); i++ {
+		for _, stmt := range strings.Split(migrations[i], ";\n") {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return s.errf(fmt.Sprintf("migration %d", i+1), err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO keyctl_schema_version (version, applied) VALUES (?, ?)`), i+1, time.Now().UTC().Format(time.RFC3339)); err != nil {
+			return s.errf(fmt.Sprintf("migration %d", i+1), err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return s.errf("migrate", err)
+	}
+	return nil
+}
+
+// q rewrites ? placeholders to PostgreSQL's $n.
+func (s *SQLStore) q(query string) string {
+	if s.d != postgres {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, c := range query {
+		if c == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func (s *SQLStore) errf(what string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("keyset store %s: %s: %w", s.where, what, err)
+	}
+	return fmt.Errorf("keyset store %s: %s: %v: %w", s.where, what, err, core.ErrUnavailable)
+}
+
+func (s *SQLStore) malformed(format string, args ...any) error {
+	return fmt.Errorf("keyset store %s: keyset %q: %s: %w", s.where, s.keyset, fmt.Sprintf(format, args...), core.ErrMalformed)
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// Load reads the keyset and validates it as core.ParseKeyset does.
+func (s *SQLStore) Load(ctx context.Context) (*core.Keyset, error) {
+	return s.load(ctx, s.db)
+}
+
+func (s *SQLStore) load(ctx context.Context, q querier) (*core.Keyset, error) {
+	var format int64
+	err := q.QueryRowContext(ctx, s.q(`SELECT format FROM keyctl_keysets WHERE name = ?`), s.keyset).Scan(&format)
+	if errors.Is(err, sql.ErrNoRows) {
+		return core.NewKeyset(), nil
+	}
+	if err != nil {
+		return nil, s.errf("load", err)
+	}
+	if format != core.KeysetFormatV1 {
+		return nil, fmt.Errorf("keyset store %s: keyset %q: format %d (this build reads %d): %w", s.where, s.keyset, format, core.KeysetFormatV1, core.ErrUnsupportedVersion)
+	}
+	ks := core.NewKeyset()
+	ks.DEKs, err = s.entries(ctx, q, `SELECT id, state, created, wrapped FROM keyctl_deks WHERE keyset = ? ORDER BY seq, id`, s.keyset)
+	if err != nil {
+		return nil, err
+	}
+	if err := ks.Validate(); err != nil {
+		return nil, fmt.Errorf("keyset store %s: keyset %q: %w", s.where, s.keyset, err)
+	}
+	return ks, nil
+}
+
+func (s *SQLStore) entries(ctx context.Context, q querier, query string, args ...any) ([]core.KeysetEntry, error) {
+	rows, err := q.QueryContext(ctx, s.q(query), args...)
+	if err != nil {
+		return nil, s.errf("load", err)
+	}
+	defer rows.Close()
+	var out []core.KeysetEntry
+	for rows.Next() {
+		if len(out) >= core.MaxKeysetDEKs {
+			return nil, s.malformed("more than %d DEKs", core.MaxKeysetDEKs)
+		}
+		var (
+			id                      int64
+			state, created, wrapped string
+		)
+		if err := rows.Scan(&id, &state, &created, &wrapped); err != nil {
+			return nil, s.malformed("%v", err)
+		}
+		e, err := s.entry(id, state, created, wrapped)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.errf("load", err)
+	}
+	return out, nil
+}
+
+func (s *SQLStore) entry(id int64, state, created, wrapped string) (core.KeysetEntry, error) {
+	if id <= 0 || id > math.MaxUint32 {
+		return core.KeysetEntry{}, s.malformed("DEK id %d out of range", id)
+	}
+	e := core.KeysetEntry{ID: uint32(id), State: core.DEKState(state)}
+	if !e.State.Valid() {
+		return core.KeysetEntry{}, s.malformed("DEK %08x: unknown state %q", id, state)
+	}
+	t, err := time.Parse(time.RFC3339Nano, created)
+	if err != nil {
+		return core.KeysetEntry{}, s.malformed("DEK %08x: creation time %q", id, created)
+	}
+	e.Created = t
+	wk := new(core.WrappedKey)
+	if err := wk.UnmarshalText([]byte(wrapped)); err != nil {
+		return core.KeysetEntry{}, fmt.Errorf("keyset store %s: keyset %q: DEK %08x: %w", s.where, s.keyset, id, err)
+	}
+	e.Wrapped = wk
+	return e, nil
+}
+
+// lockKeyset, inside tx, makes sure the keyset row exists and locks it:
+// exclusively for Update, shared for SwapWrapped (PostgreSQL; SQLite's
+// immediate transaction already holds the database's write lock).
+func (s *SQLStore) lockKeyset(ctx context.Context, tx *sql.Tx, exclusive bool) (exists bool, err error) {
+	lock := ""
+	if s.d == postgres {
+		lock = " FOR SHARE"
+		if exclusive {
+			lock = " FOR UPDATE"
+		}
+	}
+	var format int64
+	err = tx.QueryRowContext(ctx, s.q(`SELECT format FROM keyctl_keysets WHERE name = ?`+lock), s.keyset).Scan(&format)
+	if errors.Is(err, sql.ErrNoRows) {
+		if !exclusive {
+			return false, nil
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO keyctl_keysets (name, format) VALUES (?, ?) ON CONFLICT (name) DO NOTHING`), s.keyset, core.KeysetFormatV1); err != nil {
+			return false, s.errf("update", err)
+		}
+		err = tx.QueryRowContext(ctx, s.q(`SELECT format FROM keyctl_keysets WHERE name = ?`+lock), s.keyset).Scan(&format)
+	}
+	if err != nil {
+		return false, s.errf("update: lock", err)
+	}
+	return true, nil
+}
+
+// Update runs fn on the keyset inside one transaction holding the keyset's
+// exclusive lock, and writes back the rows that changed.
+func (s *SQLStore) Update(ctx context.Context, fn func(*core.Keyset) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return s.errf("update", err)
+	}
+	defer tx.Rollback()
+	if _, err := s.lockKeyset(ctx, tx, true); err != nil {
+		return err
+	}
+	ks, err := s.load(ctx, tx)
+	if err != nil {
+		return err
+	}
+	old := make(map[uint32]core.KeysetEntry, len(ks.DEKs))
+	for _, e := range ks.DEKs {
+		e.Wrapped = e.Wrapped.Clone()
+		old[e.ID] = e
+	}
+	if err := fn(ks); err != nil {
+		return err
+	}
+	if ks.Format != core.KeysetFormatV1 {
+		return fmt.Errorf("keyset store %s: format %d: %w", s.where, ks.Format, core.ErrUnsupportedVersion)
+	}
+	if err := ks.Validate(); err != nil {
+		return err
+	}
+	for i, e := range ks.DEKs {
+		wrapped, err := e.Wrapped.MarshalText()
+		if err != nil {
+			return err
+		}
+		created := e.Created.UTC().Format(time.RFC3339Nano)
+		o, had := old[e.ID]
+		delete(old, e.ID)
+		if had && o.State == e.State && o.Created.Equal(e.Created) && core.SameWrappedKey(o.Wrapped, e.Wrapped) {
+			// seq may still have changed if fn reordered; keep it current.
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE keyctl_deks SET seq = ? WHERE keyset = ? AND id = ? AND seq <> ?`), i, s.keyset, int64(e.ID), i); err != nil {
+				return s.errf("update", err)
+			}
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO keyctl_deks (keyset, id, seq, state, created, wrapped) VALUES (?, ?, ?, ?, ?, ?)
+			ON CONFLICT (keyset, id) DO UPDATE SET seq = excluded.seq, state = excluded.state, created = excluded.created, wrapped = excluded.wrapped`),
+			s.keyset, int64(e.ID), i, string(e.State), created, string(wrapped)); err != nil {
+			return s.errf(fmt.Sprintf("update DEK %08x", e.ID), err)
+		}
+	}
+	for id := range old {
+		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM keyctl_deks WHERE keyset = ? AND id = ?`), s.keyset, int64(id)); err != nil {
+			return s.errf(fmt.Sprintf("delete DEK %08x", id), err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return s.errf("update: commit", err)
+	}
+	return nil
+}
+
+// Entries returns a page of entries in ascending id order, each validated.
+func (s *SQLStore) Entries(ctx context.Context, after uint32, limit int) ([]core.KeysetEntry, error) {
+	if limit <= 0 || limit > core.MaxKeysetDEKs {
+		limit = core.MaxKeysetDEKs
+	}
+	return s.entries(ctx, s.db, `SELECT id, state, created, wrapped FROM keyctl_deks WHERE keyset = ? AND id > ? ORDER BY id LIMIT ?`, s.keyset, int64(after), limit)
+}
+
+// SwapWrapped is one conditional UPDATE of DEK id's row, in a transaction
+// that holds the keyset row's shared lock (so it does not interleave with an
+// Update).
+func (s *SQLStore) SwapWrapped(ctx context.Context, id uint32, prev, next *core.WrappedKey) error {
+	if next == nil {
+		return fmt.Errorf("keyset: DEK %08x: no new wrapped key: %w", id, core.ErrMalformed)
+	}
+	nt, err := next.MarshalText()
+	if err != nil {
+		return fmt.Errorf("keyset: DEK %08x: new wrapped key: %w", id, err)
+	}
+	var pt []byte
+	if prev != nil {
+		if pt, err = prev.MarshalText(); err != nil {
+			return fmt.Errorf("keyset: DEK %08x: previous wrapped key: %w", id, err)
+		}
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return s.errf("swap", err)
+	}
+	defer tx.Rollback()
+	exists, err := s.lockKeyset(ctx, tx, false)
+	if err != nil {
+		return err
+	}
+	if exists && pt != nil {
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE keyctl_deks SET wrapped = ? WHERE keyset = ? AND id = ? AND wrapped = ?`), string(nt), s.keyset, int64(id), string(pt))
+		if err != nil {
+			return s.errf(fmt.Sprintf("swap DEK %08x", id), err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return s.errf(fmt.Sprintf("swap DEK %08x", id), err)
+		}
+		if n == 1 {
+			if err := tx.Commit(); err != nil {
+				return s.errf(fmt.Sprintf("swap DEK %08x: commit", id), err)
+			}
+			return nil
+		}
+	}
+	var one int
+	err = tx.QueryRowContext(ctx, s.q(`SELECT 1 FROM keyctl_deks WHERE keyset = ? AND id = ?`), s.keyset, int64(id)).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("keyset: no DEK %08x: %w", id, core.ErrKeyNotFound)
+	}
+	if err != nil {
+		return s.errf(fmt.Sprintf("swap DEK %08x", id), err)
+	}
+	return fmt.Errorf("keyset: DEK %08x: its wrapped key is no longer the one read: %w", id, core.ErrConflict)
+}
