@@ -1,5 +1,6 @@
-// Package store holds the implementations of [core.KeysetStore]: a JSON file
-// ([OpenFile]) and a SQL database, SQLite or PostgreSQL ([OpenSQLite],
-// [OpenPostgres]). See docs/stores.md for the schema, the migrations and the
-// locking of each.
+// Package store holds implementations of [core.KeysetStore]: here the JSON
+// keyset file ([OpenFile]) and its lock ([LockFile]); the SQL stores (SQLite,
+// PostgreSQL) are in store/sqlstore, so that a program that only uses the
+// file links no database driver. See docs/stores.md for the schema, the
+// migrations and the locking of each.
 package store

@@ -73,7 +73,7 @@ func (s *FileStore) read() (*core.Keyset, error) {
 // Update runs fn on the current keyset under the file's lock and replaces the
 // file atomically with the result.
 func (s *FileStore) Update(ctx context.Context, fn func(*core.Keyset) error) error {
-	unlock, err := lockFile(ctx, s.path)
+	unlock, err := LockFile(ctx, s.path)
 	if err != nil {
 		return err
 	}

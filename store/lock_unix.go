@@ -16,11 +16,13 @@ import (
 // lockTimeout is how long a writer waits for another one.
 const lockTimeout = 30 * time.Second
 
-// lockFile takes an exclusive flock on path+".lock", so that two processes
-// changing one keyset file cannot lose each other's changes. It waits up to
+// LockFile takes an exclusive flock on path+".lock", so that two processes
+// changing one keyset file cannot lose each other's changes (FileStore takes
+// it for every change; keyctl takes it around its own read-change-write of
+// the keyset file, so both exclude each other). It waits up to
 // lockTimeout, or until ctx ends. flock locks belong to the open file, so two
 // FileStores in one process exclude each other too.
-func lockFile(ctx context.Context, path string) (unlock func(), err error) {
+func LockFile(ctx context.Context, path string) (unlock func(), err error) {
 	lp := path + ".lock"
 	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keyctl/keyctl/core"
+	"github.com/keyctl/keyctl/store"
 )
 
 // rewrapItem is the outcome for one wrapped key.
@@ -392,7 +393,7 @@ func (a *app) lockKeyset() (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	return lockKeysetFile(a.ctx, cfg.Keyset.File)
+	return store.LockFile(a.ctx, cfg.Keyset.File)
 }
 
 // loadKeyset reads the configured keyset file.

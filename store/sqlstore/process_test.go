@@ -1,4 +1,4 @@
-package store_test
+package sqlstore_test
 
 import (
 	"fmt"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyctl/keyctl/core"
 	"github.com/keyctl/keyctl/store"
+	"github.com/keyctl/keyctl/store/sqlstore"
 )
 
 const childUpdates = 25
@@ -27,9 +28,9 @@ func openKind(t *testing.T, kind, target string) core.KeysetStore {
 	case "file":
 		s, err = store.OpenFile(target)
 	case "sqlite":
-		s, err = store.OpenSQLite(t.Context(), target, store.Options{})
+		s, err = sqlstore.OpenSQLite(t.Context(), target, sqlstore.Options{})
 	case "postgres":
-		s, err = store.OpenPostgres(t.Context(), target, store.Options{})
+		s, err = sqlstore.OpenPostgres(t.Context(), target, sqlstore.Options{})
 	default:
 		t.Fatalf("kind %q", kind)
 	}

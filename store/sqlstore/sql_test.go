@@ -1,0 +1,195 @@
+package sqlstore_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/keyctl/keyctl/core"
+	"github.com/keyctl/keyctl/store/sqlstore"
+	"github.com/keyctl/keyctl/store/storetest"
+)
+
+// sqlCorrupt returns a Backend.Corrupt that edits the rows through db.
+func sqlCorrupt(db func(t *testing.T) *sql.DB) func(t *testing.T, kind string) {
+	return func(t *testing.T, kind string) {
+		q := map[string]string{
+			"garbage-wrapped": `UPDATE keyctl_deks SET wrapped = 'keyctl-wk1:!!!'`,
+			"two-primaries":   `UPDATE keyctl_deks SET state = 'primary'`,
+			"bad-state":       `UPDATE keyctl_deks SET state = 'bogus'`,
+			"zero-id":         `UPDATE keyctl_deks SET id = 0 WHERE state = 'primary'`,
+		}[kind]
+		if q == "" {
+			t.Fatalf("unknown corruption %q", kind)
+		}
+		if _, err := db(t).ExecContext(t.Context(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestSQLiteConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storetest.Backend {
+		path := filepath.Join(t.TempDir(), "keyset.db")
+		return storetest.Backend{
+			Open: func(t *testing.T) core.KeysetStore {
+				s, err := sqlstore.OpenSQLite(t.Context(), path, sqlstore.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { s.Close() })
+				return s
+			},
+			Corrupt: sqlCorrupt(func(t *testing.T) *sql.DB { return rawSQLite(t, path) }),
+		}
+	})
+}
+
+func rawSQLite(t *testing.T, path string) *sql.DB {
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(30000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestSQLiteMigrations(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keyset.db")
+	testMigrations(t, func(ctx context.Context) (*sqlstore.SQLStore, error) {
+		return sqlstore.OpenSQLite(ctx, path, sqlstore.Options{})
+	}, rawSQLite(t, path))
+}
+
+func TestSQLiteNotADatabase(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keyset.db")
+	if err := os.WriteFile(path, []byte("this is not a SQLite database, it is a text file of some length\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := sqlstore.OpenSQLite(t.Context(), path, sqlstore.Options{}); err == nil {
+		s.Close()
+		t.Fatal("opened a text file as a SQLite store")
+	}
+}
+
+// testMigrations: migration from empty, re-run idempotent (also from
+// concurrent openers), and a newer schema refused.
+func testMigrations(t *testing.T, open func(ctx context.Context) (*sqlstore.SQLStore, error), raw *sql.DB) {
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for range 4 {
+		wg.Go(func() {
+			s, err := open(t.Context())
+			if err != nil {
+				failed.Store(err)
+				return
+			}
+			s.Close()
+		})
+	}
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		t.Fatalf("concurrent first opens: %v", err)
+	}
+	for range 2 {
+		s, err := open(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := s.SchemaVersion(t.Context())
+		s.Close()
+		if err != nil || v != 1 {
+			t.Fatalf("schema version %d, %v; want 1", v, err)
+		}
+	}
+	var rows int
+	if err := raw.QueryRowContext(t.Context(), `SELECT COUNT(*) FROM keyctl_schema_version`).Scan(&rows); err != nil || rows != 1 {
+		t.Fatalf("%d schema_version rows (%v), want 1", rows, err)
+	}
+	if _, err := raw.ExecContext(t.Context(), `INSERT INTO keyctl_schema_version (version, applied) VALUES (99, 'future')`); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := open(t.Context()); !errors.Is(err, core.ErrUnsupportedVersion) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("open of a newer schema: %v, want ErrUnsupportedVersion", err)
+	}
+}
+
+func TestPostgres(t *testing.T) {
+	base := startPostgres(t)
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close() })
+	var n atomic.Int64
+	// Each backend is a fresh schema, named in the connection's search_path.
+	fresh := func(t *testing.T) string {
+		schema := fmt.Sprintf("keyctl_test_%d_%d", os.Getpid(), n.Add(1))
+		if _, err := admin.ExecContext(t.Context(), `CREATE SCHEMA `+schema); err != nil {
+			t.Fatal(err)
+		}
+		return withParam(base, "search_path", schema)
+	}
+	rawDB := func(t *testing.T, url string) *sql.DB {
+		db, err := sql.Open("pgx", url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+	t.Run("Conformance", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) storetest.Backend {
+			url := fresh(t)
+			return storetest.Backend{
+				Open: func(t *testing.T) core.KeysetStore {
+					s, err := sqlstore.OpenPostgres(t.Context(), url, sqlstore.Options{})
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { s.Close() })
+					return s
+				},
+				Corrupt: sqlCorrupt(func(t *testing.T) *sql.DB { return rawDB(t, url) }),
+			}
+		})
+	})
+	t.Run("Migrations", func(t *testing.T) {
+		url := fresh(t)
+		testMigrations(t, func(ctx context.Context) (*sqlstore.SQLStore, error) {
+			return sqlstore.OpenPostgres(ctx, url, sqlstore.Options{})
+		}, rawDB(t, url))
+	})
+	t.Run("TwoKeysetsOneDatabase", func(t *testing.T) {
+		url := fresh(t)
+		a, err := sqlstore.OpenPostgres(t.Context(), url, sqlstore.Options{Keyset: "a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		b, err := sqlstore.OpenPostgres(t.Context(), url, sqlstore.Options{Keyset: "b"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		if err := a.Update(t.Context(), func(ks *core.Keyset) error {
+			ks.DEKs = []core.KeysetEntry{{ID: 1, State: core.StatePrimary, Wrapped: &core.WrappedKey{Stanzas: []core.Stanza{{Provider: "local-file", KeyID: "k", Algorithm: core.AlgAES256GCM, Data: []byte("x")}}}}}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ks, err := b.Load(t.Context())
+		if err != nil || len(ks.DEKs) != 0 {
+			t.Fatalf("keyset b sees %v, %v", ks, err)
+		}
+	})
+}
