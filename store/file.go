@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"syscall"
 
@@ -28,7 +29,8 @@ var _ core.KeysetStore = (*FileStore)(nil)
 
 // OpenFile returns the store for the keyset file at path. The file need not
 // exist yet: Load then returns an empty keyset and the first Update creates
-// it (mode 0600).
+// it (mode 0600; a replaced file keeps its mode). A file writable by group or
+// others is refused with core.ErrPermission, as keyctl refuses it.
 func OpenFile(path string) (*FileStore, error) {
 	if path == "" {
 		return nil, fmt.Errorf("keyset file: empty path: %w", core.ErrMalformed)
@@ -59,6 +61,18 @@ func (s *FileStore) read() (*core.Keyset, error) {
 		return nil, fmt.Errorf("keyset file %s: %w", s.path, err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("keyset file %s: %w", s.path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("keyset file %s: not a regular file: %w", s.path, core.ErrMalformed)
+	}
+	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o022 != 0 {
+		// Anyone who can write the keyset can swap a DEK's wrap for one of
+		// a DEK they know, or delete DEKs (keyctl refuses it too).
+		return nil, fmt.Errorf("keyset file %s has mode %04o: it is writable by group or others (chmod 600): %w", s.path, fi.Mode().Perm(), core.ErrPermission)
+	}
 	b, err := io.ReadAll(io.LimitReader(f, core.MaxKeysetBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("keyset file %s: %w", s.path, err)
@@ -119,7 +133,11 @@ func (s *FileStore) write(ks *core.Keyset) error {
 			_ = os.Remove(tmp.Name())
 		}
 	}()
-	if err := tmp.Chmod(0o600); err != nil {
+	mode := os.FileMode(0o600) // a new file; a replaced one keeps its mode
+	if fi, err := os.Stat(s.path); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	if err := tmp.Chmod(mode); err != nil {
 		return fmt.Errorf("keyset file %s: %w", s.path, err)
 	}
 	if _, err := tmp.Write(b); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/keyctl/keyctl/core"
@@ -71,5 +72,43 @@ func TestFileStoreTruncatedAndMissingDir(t *testing.T) {
 	s, _ = store.OpenFile(filepath.Join(t.TempDir(), "no", "such", "keyset.json"))
 	if err := s.Update(t.Context(), func(*core.Keyset) error { return nil }); err == nil {
 		t.Fatal("Update into a missing directory succeeded")
+	}
+}
+
+func TestFileStoreModes(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no unix modes")
+	}
+	path := filepath.Join(t.TempDir(), "keyset.json")
+	s, _ := store.OpenFile(path)
+	add := func(ks *core.Keyset) error {
+		ks.DEKs = append(ks.DEKs, core.KeysetEntry{ID: uint32(len(ks.DEKs) + 1), State: core.StateDecryptOnly,
+			Wrapped: &core.WrappedKey{Stanzas: []core.Stanza{{Provider: "local-file", KeyID: "k", Algorithm: core.AlgAES256GCM, Data: []byte("x")}}}})
+		ks.DEKs[0].State = core.StatePrimary
+		return nil
+	}
+	if err := s.Update(t.Context(), add); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("new keyset file mode %v (%v), want 0600", fi.Mode(), err)
+	}
+	if err := os.Chmod(path, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(t.Context(), add); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("replaced keyset file mode %v (%v), want 0640 kept", fi.Mode(), err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(t.Context()); !errors.Is(err, core.ErrPermission) {
+		t.Fatalf("group-writable keyset: %v, want ErrPermission", err)
+	}
+	if err := s.Update(t.Context(), add); !errors.Is(err, core.ErrPermission) {
+		t.Fatalf("Update of group-writable keyset: %v, want ErrPermission", err)
 	}
 }
