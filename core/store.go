@@ -45,8 +45,23 @@ type KeysetStore interface {
 	// rewrite the rest of the keyset (in a SQL store it is one row).
 	SwapWrapped(ctx context.Context, id uint32, prev, next *WrappedKey) error
 
+	// SwapAll applies many SwapWrapped in one transaction (one lock, one
+	// write, one fsync): a bulk rewrap's batch. Each swap succeeds or fails
+	// on its own exactly as SwapWrapped would, and results[i] is swap i's
+	// outcome (nil, or an error wrapping ErrConflict, ErrKeyNotFound or
+	// ErrMalformed). A non-nil err means the store failed and none of the
+	// swaps was stored.
+	SwapAll(ctx context.Context, swaps []WrappedSwap) (results []error, err error)
+
 	// Close releases the store's resources (database handles).
 	Close() error
+}
+
+// WrappedSwap is one compare-and-swap of [KeysetStore.SwapAll]: DEK ID's
+// wrapped key becomes Next if it is still Prev.
+type WrappedSwap struct {
+	ID         uint32
+	Prev, Next *WrappedKey
 }
 
 // SameWrappedKey reports whether a and b have the same binary form.

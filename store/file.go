@@ -116,6 +116,34 @@ func (s *FileStore) SwapWrapped(ctx context.Context, id uint32, prev, next *core
 	return s.Update(ctx, func(ks *core.Keyset) error { return swapInKeyset(ks, id, prev, next) })
 }
 
+// errNoSwap makes Update store nothing when no swap of a SwapAll succeeded.
+var errNoSwap = errors.New("no swap succeeded")
+
+// SwapAll applies the swaps in one locked read-change-write of the file.
+func (s *FileStore) SwapAll(ctx context.Context, swaps []core.WrappedSwap) ([]error, error) {
+	var results []error
+	err := s.Update(ctx, func(ks *core.Keyset) error {
+		results = make([]error, len(swaps))
+		ok := 0
+		for i, w := range swaps {
+			if results[i] = swapInKeyset(ks, w.ID, w.Prev, w.Next); results[i] == nil {
+				ok++
+			}
+		}
+		if ok == 0 {
+			return errNoSwap
+		}
+		return nil
+	})
+	if errors.Is(err, errNoSwap) {
+		return results, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
 func (s *FileStore) write(ks *core.Keyset) error {
 	b, err := ks.Marshal()
 	if err != nil {

@@ -382,51 +382,79 @@ func (s *SQLStore) Entries(ctx context.Context, after uint32, limit int) ([]core
 // that holds the keyset row's shared lock (so it does not interleave with an
 // Update).
 func (s *SQLStore) SwapWrapped(ctx context.Context, id uint32, prev, next *core.WrappedKey) error {
-	if next == nil {
-		return fmt.Errorf("keyset: DEK %08x: no new wrapped key: %w", id, core.ErrMalformed)
-	}
-	nt, err := next.MarshalText()
+	res, err := s.SwapAll(ctx, []core.WrappedSwap{{ID: id, Prev: prev, Next: next}})
 	if err != nil {
-		return fmt.Errorf("keyset: DEK %08x: new wrapped key: %w", id, err)
+		return err
 	}
-	var pt []byte
-	if prev != nil {
-		if pt, err = prev.MarshalText(); err != nil {
-			return fmt.Errorf("keyset: DEK %08x: previous wrapped key: %w", id, err)
-		}
-	}
+	return res[0]
+}
+
+// SwapAll runs one conditional UPDATE per swap in one transaction that holds
+// the keyset row's shared lock.
+func (s *SQLStore) SwapAll(ctx context.Context, swaps []core.WrappedSwap) ([]error, error) {
+	results := make([]error, len(swaps))
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return s.errf("swap", err)
+		return nil, s.errf("swap", err)
 	}
 	defer tx.Rollback()
 	exists, err := s.lockKeyset(ctx, tx, false)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	upd, err := tx.PrepareContext(ctx, s.q(`UPDATE keyctl_deks SET wrapped = ? WHERE keyset = ? AND id = ? AND wrapped = ?`))
+	if err != nil {
+		return nil, s.errf("swap", err)
+	}
+	defer upd.Close()
+	for i, w := range swaps {
+		results[i], err = s.swapOne(ctx, tx, upd, exists, w)
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, s.errf("swap: commit", err)
+	}
+	return results, nil
+}
+
+// swapOne returns the swap's own outcome, or err if the store failed.
+func (s *SQLStore) swapOne(ctx context.Context, tx *sql.Tx, upd *sql.Stmt, exists bool, w core.WrappedSwap) (result, err error) {
+	id := w.ID
+	if w.Next == nil {
+		return fmt.Errorf("keyset: DEK %08x: no new wrapped key: %w", id, core.ErrMalformed), nil
+	}
+	nt, err := w.Next.MarshalText()
+	if err != nil {
+		return fmt.Errorf("keyset: DEK %08x: new wrapped key: %w", id, err), nil
+	}
+	var pt []byte
+	if w.Prev != nil {
+		if pt, err = w.Prev.MarshalText(); err != nil {
+			return fmt.Errorf("keyset: DEK %08x: previous wrapped key: %w", id, err), nil
+		}
 	}
 	if exists && pt != nil {
-		res, err := tx.ExecContext(ctx, s.q(`UPDATE keyctl_deks SET wrapped = ? WHERE keyset = ? AND id = ? AND wrapped = ?`), string(nt), s.keyset, int64(id), string(pt))
+		res, err := upd.ExecContext(ctx, string(nt), s.keyset, int64(id), string(pt))
 		if err != nil {
-			return s.errf(fmt.Sprintf("swap DEK %08x", id), err)
+			return nil, s.errf(fmt.Sprintf("swap DEK %08x", id), err)
 		}
 		n, err := res.RowsAffected()
 		if err != nil {
-			return s.errf(fmt.Sprintf("swap DEK %08x", id), err)
+			return nil, s.errf(fmt.Sprintf("swap DEK %08x", id), err)
 		}
 		if n == 1 {
-			if err := tx.Commit(); err != nil {
-				return s.errf(fmt.Sprintf("swap DEK %08x: commit", id), err)
-			}
-			return nil
+			return nil, nil
 		}
 	}
 	var one int
 	err = tx.QueryRowContext(ctx, s.q(`SELECT 1 FROM keyctl_deks WHERE keyset = ? AND id = ?`), s.keyset, int64(id)).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("keyset: no DEK %08x: %w", id, core.ErrKeyNotFound)
+		return fmt.Errorf("keyset: no DEK %08x: %w", id, core.ErrKeyNotFound), nil
 	}
 	if err != nil {
-		return s.errf(fmt.Sprintf("swap DEK %08x", id), err)
+		return nil, s.errf(fmt.Sprintf("swap DEK %08x", id), err)
 	}
-	return fmt.Errorf("keyset: DEK %08x: its wrapped key is no longer the one read: %w", id, core.ErrConflict)
+	return fmt.Errorf("keyset: DEK %08x: its wrapped key is no longer the one read: %w", id, core.ErrConflict), nil
 }

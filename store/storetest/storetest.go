@@ -158,6 +158,47 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		}
 		sameKeyset(t, got, want)
 	})
+	t.Run("SwapAll", func(t *testing.T) {
+		b := newBackend(t)
+		s := b.Open(t)
+		want := sampleKeyset(4)
+		if err := s.Update(t.Context(), func(ks *core.Keyset) error { ks.DEKs = want.DEKs; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		d := want.DEKs
+		swaps := []core.WrappedSwap{
+			{ID: d[0].ID, Prev: d[0].Wrapped, Next: wrapped("n0", 1)},   // ok
+			{ID: d[1].ID, Prev: d[2].Wrapped, Next: wrapped("n1", 1)},   // stale prev
+			{ID: 0xdeadbeef, Prev: d[1].Wrapped, Next: wrapped("n", 1)}, // unknown id
+			{ID: d[2].ID, Prev: d[2].Wrapped, Next: &core.WrappedKey{}}, // invalid next
+			{ID: d[3].ID, Prev: d[3].Wrapped, Next: wrapped("n3", 1)},   // ok
+		}
+		res, err := s.SwapAll(t.Context(), swaps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantErr := []error{nil, core.ErrConflict, core.ErrKeyNotFound, core.ErrMalformed, nil}
+		if len(res) != len(swaps) {
+			t.Fatalf("%d results for %d swaps", len(res), len(swaps))
+		}
+		for i, e := range wantErr {
+			if (e == nil) != (res[i] == nil) || (e != nil && !errors.Is(res[i], e)) {
+				t.Fatalf("swap %d: %v, want %v", i, res[i], e)
+			}
+		}
+		want.DEKs[0].Wrapped = swaps[0].Next
+		want.DEKs[3].Wrapped = swaps[4].Next
+		got, err := b.Open(t).Load(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameKeyset(t, got, want)
+		// All refused: nothing changes, no error.
+		res, err = s.SwapAll(t.Context(), swaps[1:2])
+		if err != nil || !errors.Is(res[0], core.ErrConflict) {
+			t.Fatalf("all-refused SwapAll: %v, %v", res, err)
+		}
+	})
 	t.Run("ConcurrentWriters", func(t *testing.T) {
 		// Goroutines on two handles each add DEKs through Update and swap
 		// wraps with compare-and-swap retries; no change may be lost.
