@@ -12,7 +12,8 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	"github.com/keyctl/keyctl/core"
-	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+	msqlite "modernc.org/sqlite" // also the database/sql driver "sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // dialect is what differs between SQLite and PostgreSQL.
@@ -63,11 +64,36 @@ func OpenSQLite(ctx context.Context, path string, o Options) (*SQLStore, error) 
 		return nil, fmt.Errorf("keyset store sqlite: path %q: %w", path, core.ErrMalformed)
 	}
 	dsn := "file:" + path + "?_txlock=immediate&_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("keyset store sqlite %s: %w", path, err)
+	// Several processes opening a new database at once can see
+	// SQLITE_BUSY without the busy timeout applying (the switch to WAL
+	// needs an exclusive lock): try again, for as long as the busy timeout.
+	deadline := time.Now().Add(30 * time.Second)
+	delay := 5 * time.Millisecond
+	for {
+		db, err := sql.Open("sqlite", dsn)
+		if err != nil {
+			return nil, fmt.Errorf("keyset store sqlite %s: %w", path, err)
+		}
+		s, err := open(ctx, db, sqlite, "sqlite "+path, o)
+		if err == nil || !sqliteBusy(err) || time.Now().Add(delay).After(deadline) {
+			return s, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("keyset store sqlite %s: %w", path, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 250*time.Millisecond)
 	}
-	return open(ctx, db, sqlite, "sqlite "+path, o)
+}
+
+// sqliteBusy reports whether err is SQLite's "database is locked".
+func sqliteBusy(err error) bool {
+	var se *msqlite.Error
+	if errors.As(err, &se) {
+		return se.Code()&0xff == sqlite3.SQLITE_BUSY
+	}
+	return strings.Contains(err.Error(), "SQLITE_BUSY")
 }
 
 // OpenPostgres connects to the PostgreSQL database at url (a libpq URL or
