@@ -866,15 +866,7 @@ func (p *Provider) wrapWith(s *session, k *keyObj, dek core.DEK, ec core.Context
 	plain = append(plain, salt...)
 	plain = append(plain, kwpCheck(ad, salt)...)
 	defer clear(plain)
-	obj, err := c.CreateObject(s.h, []*p11.Attribute{
-		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
-		p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET),
-		p11.NewAttribute(p11.CKA_TOKEN, false),
-		p11.NewAttribute(p11.CKA_PRIVATE, true),
-		p11.NewAttribute(p11.CKA_SENSITIVE, false),
-		p11.NewAttribute(p11.CKA_EXTRACTABLE, true),
-		p11.NewAttribute(p11.CKA_VALUE, plain),
-	})
+	obj, err := c.CreateObject(s.h, kwpObjectTemplate(p11.NewAttribute(p11.CKA_VALUE, plain)))
 	if err != nil {
 		return nil, err
 	}
@@ -993,14 +985,7 @@ func (p *Provider) unwrapWith(s *session, k *keyObj, st core.Stanza, ec core.Con
 		}
 		return core.DEK(pt), nil
 	}
-	obj, err := c.UnwrapKey(s.h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_WRAP_PAD, nil)}, k.h, st.Data, []*p11.Attribute{
-		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
-		p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET),
-		p11.NewAttribute(p11.CKA_TOKEN, false),
-		p11.NewAttribute(p11.CKA_PRIVATE, true),
-		p11.NewAttribute(p11.CKA_SENSITIVE, false),
-		p11.NewAttribute(p11.CKA_EXTRACTABLE, true),
-	})
+	obj, err := c.UnwrapKey(s.h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_WRAP_PAD, nil)}, k.h, st.Data, kwpObjectTemplate())
 	if err != nil {
 		return nil, err
 	}
@@ -1278,3 +1263,17 @@ var (
 	_ core.DataKeyGenerator = (*Provider)(nil)
 	_ core.HealthChecker    = (*Provider)(nil)
 )
+
+// kwpObjectTemplate is the template of the short-lived session object that
+// carries the padded DEK through C_WrapKey and C_UnwrapKey: a generic secret
+// that exists only in this session and can be read back, plus extra.
+func kwpObjectTemplate(extra ...*p11.Attribute) []*p11.Attribute {
+	return append([]*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+		p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET),
+		p11.NewAttribute(p11.CKA_TOKEN, false),
+		p11.NewAttribute(p11.CKA_PRIVATE, true),
+		p11.NewAttribute(p11.CKA_SENSITIVE, false),
+		p11.NewAttribute(p11.CKA_EXTRACTABLE, true),
+	}, extra...)
+}
