@@ -227,12 +227,51 @@ type Cache struct {
 	MaxUses int
 }
 
-// Keyset is the keyset block.
+// Keyset is the keyset block: where the keyring's wrapped DEKs are stored.
+// Exactly one of File, SQLite and PostgresEnv is set.
 type Keyset struct {
-	// File is the absolute path of the keyset file.
+	// File is the absolute path of a JSON keyset file.
 	File string
+	// SQLite is the absolute path of a SQLite database file.
+	SQLite string
+	// PostgresEnv names the environment variable holding the PostgreSQL
+	// connection URL (a URL can carry a password, so it is never written in
+	// the configuration). It is read when the store is opened.
+	PostgresEnv string
+	// Name is the keyset's name within a SQL database (one database can
+	// hold several keysets); empty means the store's default.
+	Name string
 	// Keyring is the name of the keyring whose DEKs the keyset holds.
 	Keyring string
+}
+
+// Kind names the keyset store: "file", "sqlite" or "postgres".
+func (k Keyset) Kind() string {
+	switch {
+	case k.SQLite != "":
+		return "sqlite"
+	case k.PostgresEnv != "":
+		return "postgres"
+	default:
+		return "file"
+	}
+}
+
+// String describes the store for messages; it never contains the
+// PostgreSQL URL.
+func (k Keyset) String() string {
+	name := ""
+	if k.Name != "" {
+		name = fmt.Sprintf(" keyset %q", k.Name)
+	}
+	switch k.Kind() {
+	case "sqlite":
+		return "sqlite " + k.SQLite + name
+	case "postgres":
+		return "postgres $" + k.PostgresEnv + name
+	default:
+		return k.File
+	}
 }
 
 // Provider returns the provider block named name.
@@ -434,8 +473,12 @@ type cacheSchema struct {
 }
 
 type keysetSchema struct {
-	File    string  `hcl:"file"`
-	Keyring *string `hcl:"keyring,optional"`
+	File        string         `hcl:"file,optional"`
+	SQLite      string         `hcl:"sqlite,optional"`
+	Postgres    hcl.Expression `hcl:"postgres,optional"`
+	PostgresEnv string         `hcl:"postgres_env,optional"`
+	Name        string         `hcl:"name,optional"`
+	Keyring     *string        `hcl:"keyring,optional"`
 }
 
 var (
@@ -596,10 +639,9 @@ func (d *decoder) decode(file *hcl.File) (*Config, hcl.Diagnostics) {
 		kd := gohcl.DecodeBody(keysets[0].Body, nil, &ks)
 		diags = append(diags, kd...)
 		if !kd.HasErrors() {
-			if strings.TrimSpace(ks.File) == "" {
-				diags = append(diags, errDiag("Empty keyset file", "The keyset block's file attribute must name a file.", keysets[0].DefRange))
-			}
-			cfg.Keyset = Keyset{File: d.abs(ks.File)}
+			var kdiags hcl.Diagnostics
+			cfg.Keyset, kdiags = d.keysetStore(ks, keysets[0])
+			diags = append(diags, kdiags...)
 			diags = append(diags, d.keysetRing(cfg, ks, keysets[0], ringAt)...)
 		}
 	default:
@@ -611,6 +653,54 @@ func (d *decoder) decode(file *hcl.File) (*Config, hcl.Diagnostics) {
 
 // keysetRing picks the keyring of the keyset: the one its keyring
 // attribute names, else the only one, else "default".
+// keysetStore decodes where the keyset is stored: file, sqlite, or postgres
+// (postgres = env("VAR") or postgres_env = "VAR"; a literal URL is refused
+// because it can carry a password).
+func (d *decoder) keysetStore(ks keysetSchema, b *hcl.Block) (Keyset, hcl.Diagnostics) {
+	var out Keyset
+	pgEnv := ks.PostgresEnv
+	at := b.DefRange
+	if ks.Postgres != nil {
+		// Absent, gohcl gives a null expression; env("VAR") does not
+		// evaluate without a context, which is fine: only its argument is read.
+		if v, vd := ks.Postgres.Value(nil); vd.HasErrors() || !v.IsNull() {
+			if !isEnvCall(ks.Postgres) {
+				return out, hcl.Diagnostics{errDiag("Invalid postgres",
+					"The keyset's postgres URL can carry a password, so it is never written in the configuration; write postgres = env(\"VAR\") or postgres_env = \"VAR\".", ks.Postgres.Range(), noSnippet{})}
+			}
+			if pgEnv != "" {
+				return out, hcl.Diagnostics{errDiag("Conflicting attributes", "Give postgres or postgres_env, not both.", ks.Postgres.Range())}
+			}
+			nv, nd := ks.Postgres.(*hclsyntax.FunctionCallExpr).Args[0].Value(nil)
+			if nd.HasErrors() || nv.IsNull() || !nv.Type().Equals(cty.String) {
+				return out, hcl.Diagnostics{errDiag("Invalid env()", "env() takes the name of an environment variable as a literal string.", ks.Postgres.Range())}
+			}
+			pgEnv, at = nv.AsString(), ks.Postgres.Range()
+		}
+	}
+	if pgEnv != "" && !envName.MatchString(pgEnv) {
+		return out, hcl.Diagnostics{errDiag("Invalid postgres_env", fmt.Sprintf("%q is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*).", pgEnv), at)}
+	}
+	n := 0
+	for _, v := range []string{ks.File, ks.SQLite, pgEnv} {
+		if strings.TrimSpace(v) != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return out, hcl.Diagnostics{errDiag("Where is the keyset?",
+			"The keyset block needs exactly one of file = \"keyset.json\", sqlite = \"keyset.db\" or postgres = env(\"VAR\").", b.DefRange)}
+	}
+	if ks.Name != "" && ks.File != "" {
+		return out, hcl.Diagnostics{errDiag("Unexpected name", "A keyset file holds one keyset; name applies to sqlite and postgres only.", b.DefRange)}
+	}
+	if len(ks.Name) > 200 {
+		return out, hcl.Diagnostics{errDiag("Invalid name", "The keyset name is longer than 200 bytes.", b.DefRange)}
+	}
+	out = Keyset{File: d.abs(ks.File), SQLite: d.abs(ks.SQLite), PostgresEnv: pgEnv, Name: ks.Name}
+	return out, nil
+}
+
 func (d *decoder) keysetRing(cfg *Config, ks keysetSchema, b *hcl.Block, ringAt map[string]hcl.Range) hcl.Diagnostics {
 	if len(ringAt) == 0 {
 		return nil // "Missing keyring block" says it

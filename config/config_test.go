@@ -99,7 +99,12 @@ func TestParseErrors(t *testing.T) {
 		{"unknown attribute", "provider \"localfile\" \"local\" {\n  key_file = \"k\"\n  colour = \"blue\"\n}\n" + ring, []string{"Unsupported argument", `colour = "blue"`}, 3, ""},
 		{"unknown block", prov + ring + "plugin \"x\" {\n}\n", []string{"Unsupported block type"}, 0, ""},
 		{"bad name", "provider \"localfile\" \"1bad name\" {\n  key_file = \"k\"\n}\n" + ring, []string{"Invalid provider name"}, 0, ""},
-		{"empty keyset file", prov + "keyring {\n  primary = \"local\"\n}\nkeyset {\n  file = \"\"\n}\n", []string{"Empty keyset file"}, 0, ""},
+		{"empty keyset file", prov + "keyring {\n  primary = \"local\"\n}\nkeyset {\n  file = \"\"\n}\n", []string{"Where is the keyset?"}, 0, ""},
+		{"two stores", prov + "keyring {\n  primary = \"local\"\n}\nkeyset {\n  file = \"k\"\n  sqlite = \"k.db\"\n}\n", []string{"Where is the keyset?"}, 0, ""},
+		{"postgres literal", prov + "keyring {\n  primary = \"local\"\n}\nkeyset {\n  postgres = \"postgres://u:s3cret@db/x\"\n}\n", []string{"Invalid postgres", "env("}, 0, "s3cret"},
+		{"postgres both", prov + "keyring {\n  primary = \"local\"\n}\nkeyset {\n  postgres = env(\"A\")\n  postgres_env = \"B\"\n}\n", []string{"Conflicting attributes"}, 0, ""},
+		{"bad postgres_env", prov + "keyring {\n  primary = \"local\"\n}\nkeyset {\n  postgres_env = \"postgres://x\"\n}\n", []string{"Invalid postgres_env"}, 0, ""},
+		{"name with file", prov + "keyring {\n  primary = \"local\"\n}\nkeyset {\n  file = \"k\"\n  name = \"x\"\n}\n", []string{"Unexpected name"}, 0, ""},
 		{"variable", prov + "keyring {\n  primary = var.x\n}\nkeyset {\n  file = \"k\"\n}\n", []string{"Variables not allowed"}, 0, ""},
 	}
 	for _, tt := range tests {
@@ -211,4 +216,39 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("multi-line message: %q", err.Error())
 		}
 	})
+}
+
+func TestKeysetStores(t *testing.T) {
+	dir := t.TempDir()
+	prov := "provider \"localfile\" \"local\" {\n  key_file = \"kek.json\"\n}\nkeyring {\n  primary = \"local\"\n}\n"
+	tests := []struct {
+		name, block string
+		want        Keyset
+		kind        string
+	}{
+		{"file", "file = \"ks.json\"", Keyset{File: filepath.Join(dir, "ks.json")}, "file"},
+		{"sqlite", "sqlite = \"ks.db\"\n  name = \"users\"", Keyset{SQLite: filepath.Join(dir, "ks.db"), Name: "users"}, "sqlite"},
+		{"postgres env()", "postgres = env(\"PG_URL\")", Keyset{PostgresEnv: "PG_URL"}, "postgres"},
+		{"postgres_env", "postgres_env = \"PG_URL\"\n  name = \"a\"", Keyset{PostgresEnv: "PG_URL", Name: "a"}, "postgres"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(dir, "keyctl.hcl")
+			src := prov + "keyset {\n  " + tt.block + "\n}\n"
+			cfg, err := Parse([]byte(src), path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.want.Keyring = cfg.Keyset.Keyring
+			if cfg.Keyset != tt.want {
+				t.Errorf("keyset = %+v, want %+v", cfg.Keyset, tt.want)
+			}
+			if k := cfg.Keyset.Kind(); k != tt.kind {
+				t.Errorf("kind = %q, want %q", k, tt.kind)
+			}
+			if s := cfg.Keyset.String(); strings.Contains(s, "postgres://") {
+				t.Errorf("String() = %q", s)
+			}
+		})
+	}
 }

@@ -70,15 +70,16 @@ func (rw *Rewrapper) rewrapAllBatch(ctx context.Context, bp BatchProvider, items
 			out[i].Err = fmt.Errorf("rewrap: nil wrapped key: %w", ErrMalformed)
 			continue
 		}
-		if rw.isCurrent(it.Key) {
+		c := rw.Plan(it.Key)
+		if c.Current {
 			out[i].Status = AlreadyCurrent
 			continue
 		}
-		// Batch only the plain case: the primary's own wrap opens first and
-		// is its only wrap, so the provider-verified rewrap replaces exactly
-		// that wrap. Records with several wraps under the primary KEK go
-		// through Rewrap, which checks each before dropping it.
-		if s, ok := rw.firstConfigured(it.Key); ok && s.Ref() == ref && rw.refStanzas(it.Key, ref) == 1 {
+		// Batch only the plain case: the target's own wrap opens first, is
+		// its only wrap and the only one replaced, so the provider-verified
+		// rewrap replaces exactly that wrap. Other records go through
+		// Rewrap, which checks each wrap before dropping it.
+		if s, ok := rw.firstConfigured(it.Key); ok && s.Ref() == ref && rw.refStanzas(it.Key, ref) == 1 && len(c.Replace) == 1 {
 			batched = append(batched, i)
 		} else {
 			single = append(single, i)
@@ -155,18 +156,6 @@ func (rw *Rewrapper) rewrapAllBatch(ctx context.Context, bp BatchProvider, items
 	return out
 }
 
-// isCurrent reports whether wk already has a wrap under the primary's
-// current KEK version.
-func (rw *Rewrapper) isCurrent(wk *WrappedKey) bool {
-	ref := rw.ring.primary.Ref()
-	for _, s := range wk.Stanzas {
-		if s.Ref() == ref && s.KeyVersion == rw.current {
-			return true
-		}
-	}
-	return false
-}
-
 // firstConfigured returns the stanza Keyring.Unwrap would try first.
 func (rw *Rewrapper) firstConfigured(wk *WrappedKey) (Stanza, bool) {
 	for _, s := range wk.Stanzas {
@@ -197,17 +186,22 @@ func (rw *Rewrapper) configuredStanzas(wk *WrappedKey) int {
 	return n
 }
 
-// replace builds the rewrapped record as Rewrap does: s first, the
-// primary's older stanza (there is exactly one: see rewrapAllBatch) dropped,
-// the others kept.
+// replace builds the rewrapped record as Rewrap does: the target's older
+// stanza (there is exactly one: see rewrapAllBatch) replaced by s, first when
+// the target is the primary, last otherwise; the others kept.
 func (rw *Rewrapper) replace(wk *WrappedKey, s Stanza) (*WrappedKey, error) {
-	ref := rw.ring.primary.Ref()
+	ref := rw.target.Ref()
 	out := &WrappedKey{Stanzas: make([]Stanza, 0, len(wk.Stanzas)+1)}
-	out.Stanzas = append(out.Stanzas, s)
+	if rw.first {
+		out.Stanzas = append(out.Stanzas, s)
+	}
 	for _, o := range wk.Stanzas {
 		if o.Ref() != ref {
 			out.Stanzas = append(out.Stanzas, o)
 		}
+	}
+	if !rw.first {
+		out.Stanzas = append(out.Stanzas, s)
 	}
 	if len(out.Stanzas) > MaxStanzas {
 		return nil, fmt.Errorf("rewrap: result would hold %d wraps, limit %d: %w", len(out.Stanzas), MaxStanzas, ErrMalformed)

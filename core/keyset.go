@@ -37,7 +37,10 @@ const KeysetFormatV1 = 1
 
 // Limits of a keyset.
 const (
-	MaxKeysetDEKs  = 4096
+	// MaxKeysetDEKs bounds a keyset's DEKs (ids are 32-bit, picked at
+	// random). A keyset file is also bounded by MaxKeysetBytes (about
+	// 200,000 DEKs); a SQL store holds up to MaxKeysetDEKs, read in pages.
+	MaxKeysetDEKs  = 1 << 24
 	MaxKeysetBytes = 64 << 20
 )
 

@@ -20,7 +20,8 @@ import (
 // it, renames it over the file and fsyncs the directory: a reader sees the
 // old or the new keyset, never a mix, and two processes cannot lose each
 // other's changes. Per-DEK operations rewrite the whole file (a keyset holds
-// at most core.MaxKeysetDEKs entries).
+// at most core.MaxKeysetBytes of JSON, about 200,000 DEKs; use a SQL store
+// beyond a few thousand).
 type FileStore struct {
 	path string
 }
@@ -66,7 +67,11 @@ func (s *FileStore) read() (*core.Keyset, error) {
 		return nil, fmt.Errorf("keyset file %s: %w", s.path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("keyset file %s: not a regular file: %w", s.path, core.ErrMalformed)
+		what := "not a regular file"
+		if fi.IsDir() {
+			what = "is a directory"
+		}
+		return nil, fmt.Errorf("keyset file %s: %s", s.path, what)
 	}
 	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o022 != 0 {
 		// Anyone who can write the keyset can swap a DEK's wrap for one of
@@ -109,6 +114,15 @@ func (s *FileStore) Entries(ctx context.Context, after uint32, limit int) ([]cor
 		return nil, err
 	}
 	return page(ks, after, limit), nil
+}
+
+// CountEntries returns the number of DEKs in the file (core.EntryCounter).
+func (s *FileStore) CountEntries(ctx context.Context) (int, error) {
+	ks, err := s.Load(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return len(ks.DEKs), nil
 }
 
 // SwapWrapped replaces DEK id's wrapped key if it still equals prev.

@@ -74,28 +74,28 @@ decrypt-only, so values encrypted under it still decrypt. Re-encrypting those
 values is a separate step.`,
 		Args: cobra.NoArgs,
 		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			unlock, err := a.lockKeyset()
-			if err != nil {
-				return err
-			}
-			defer unlock()
-			ks, path, err := a.loadKeyset()
-			if err != nil {
-				return err
-			}
-			prev := ""
-			if p, err := ks.Primary(); err == nil {
-				prev = fmt.Sprintf("%08x", p.ID)
-			}
 			ring, err := a.keyring()
 			if err != nil {
 				return err
 			}
-			id, err := ks.AddDEK(a.ctx, ring, time.Now())
+			cfg, err := a.config()
 			if err != nil {
 				return err
 			}
-			if err := a.saveKeyset(ks, path); err != nil {
+			var prev string
+			var id uint32
+			// A SQL keyset is created by its first rotation; a keyset file
+			// by keyctl init.
+			path, err := a.updateKeyset(cfg.Keyset.Kind() != "file", func(ks *core.Keyset) error {
+				prev = ""
+				if p, err := ks.Primary(); err == nil {
+					prev = fmt.Sprintf("%08x", p.ID)
+				}
+				var err error
+				id, err = ks.AddDEK(a.ctx, ring, time.Now())
+				return err
+			})
+			if err != nil {
 				return err
 			}
 			res := keysetRotateResult{File: path, Primary: fmt.Sprintf("%08x", id), Previous: prev}
@@ -113,7 +113,8 @@ values is a separate step.`,
 	}
 	return group("keyset", "List and rotate the DEKs of the configured keyset",
 		`The keyset is the list of DEKs used by 'keyctl encrypt' and 'keyctl decrypt',
-stored wrapped in the file named by the keyset block of keyctl.hcl.`,
+stored wrapped in the store named by the keyset block of keyctl.hcl: a JSON
+file, a SQLite database or a PostgreSQL database.`,
 		list, rotate)
 }
 

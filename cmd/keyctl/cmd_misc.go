@@ -46,7 +46,7 @@ listed in the error object.`,
 				return err
 			}
 			res := configResult{Valid: true, Path: cfg.Path, Keyring: cfg.Keyring.Name, Primary: cfg.Keyring.Primary,
-				DecryptOnly: append([]string{}, cfg.Keyring.DecryptOnly...), Keyset: cfg.Keyset.File}
+				DecryptOnly: append([]string{}, cfg.Keyring.DecryptOnly...), Keyset: cfg.Keyset.String()}
 			for _, k := range cfg.Keyrings {
 				res.Keyrings = append(res.Keyrings, k.Name)
 			}

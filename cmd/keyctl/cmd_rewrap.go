@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyctl/keyctl/config"
 	"github.com/keyctl/keyctl/core"
-	"github.com/keyctl/keyctl/store"
 )
 
 // rewrapItem is the outcome for one wrapped key.
@@ -28,12 +30,21 @@ type rewrapItem struct {
 }
 
 type rewrapSummary struct {
-	Rewrapped      int          `json:"rewrapped"`
-	AlreadyCurrent int          `json:"already_current"`
-	Failed         int          `json:"failed"`
-	Provider       string       `json:"provider"`
-	KeyVersion     string       `json:"key_version"`
-	Results        []rewrapItem `json:"results"`
+	Rewrapped      int    `json:"rewrapped"`
+	AlreadyCurrent int    `json:"already_current"`
+	Failed         int    `json:"failed"`
+	Provider       string `json:"provider,omitempty"`
+	KeyVersion     string `json:"key_version,omitempty"`
+	// Keyset mode only.
+	Keyset    string         `json:"keyset,omitempty"`
+	Conflicts int            `json:"conflicts,omitempty"`
+	DryRun    bool           `json:"dry_run,omitempty"`
+	Replaced  map[string]int `json:"would_replace,omitempty"`
+	// Results lists every key in FILE and stdin mode, only the failures
+	// (at most rewrapFailuresShown) in keyset mode.
+	Results []rewrapItem `json:"results"`
+	// FailuresNotShown counts keyset failures beyond Results.
+	FailuresNotShown int `json:"failures_not_shown,omitempty"`
 }
 
 func (s *rewrapSummary) add(it rewrapItem) {
@@ -52,6 +63,9 @@ func (s *rewrapSummary) add(it rewrapItem) {
 }
 
 func (s *rewrapSummary) line() string {
+	if s.DryRun {
+		return fmt.Sprintf("would rewrap %d, already current %d", s.Rewrapped, s.AlreadyCurrent)
+	}
 	return fmt.Sprintf("rewrapped %d, already current %d, failed %d", s.Rewrapped, s.AlreadyCurrent, s.Failed)
 }
 
@@ -70,16 +84,29 @@ func (s *rewrapSummary) status() error {
 	return &exitStatus{code: code, msg: s.line()}
 }
 
+// rewrapFlags are the options of keyctl rewrap.
+type rewrapFlags struct {
+	ctxPairs []string
+	keyset   bool
+	to, add  string
+	drop     []string
+	dryRun   bool
+	workers  int
+	batch    int
+	progress string
+	interval time.Duration
+}
+
 func (a *app) rewrapCommand() *cobra.Command {
-	var ctxPairs []string
-	var keyset bool
+	var f rewrapFlags
 	c := &cobra.Command{
-		Use:   "rewrap [FILE...] [--context k=v ...] [--keyset]",
-		Short: "Move wrapped keys onto the primary KEK's current version",
+		Use:   "rewrap [FILE...] [--keyset] [--to NAME | --add NAME] [--drop NAME...] [--dry-run]",
+		Short: "Move wrapped keys onto a KEK's current version, or to another vault",
 		Long: `Rewrap wrapped keys onto the keyring primary's current KEK version (after
-'keyctl rotate', or to move them onto another vault). The DEK inside does not
-change, so data encrypted under it needs no re-encryption. Each new wrap is
-verified by unwrapping it before anything is written.
+'keyctl rotate'), or move them between vaults. The DEK inside does not change,
+so data encrypted under it needs no re-encryption. Every new wrap is verified
+by unwrapping it and comparing before anything is written, and a wrap is
+removed only once the DEK is known to open from what stays.
 
   FILE...    each file holds one wrapped key (text or binary form) and is
              rewritten in place, atomically and in the same form, only when
@@ -87,75 +114,278 @@ verified by unwrapping it before anything is written.
   (no FILE)  reads one text wrapped key per line on stdin and prints the
              results one per line, in order (a line that fails is printed
              unchanged; blank lines are kept);
-  --keyset   rewraps every DEK of the configured keyset (each with its own
-             encryption context) and saves the keyset atomically.
+  --keyset   rewraps every DEK of the configured keyset store (file, SQLite
+             or PostgreSQL) in batches, each stored by compare-and-swap in one
+             transaction; a progress bar (terminal) or a log line every
+             --progress-interval (otherwise) goes to stderr.
 
-The summary "rewrapped N, already current N, failed N" goes to stdout, or to
-stderr when stdout carries wrapped keys; each failure is reported on stderr
-with its reason. Exit status: 0 if nothing failed, 2 if every failure was an
-input error, 1 otherwise. Interrupting rewrap loses nothing: run it again.`,
-		Example: `  keyctl rotate && keyctl rewrap app.wk billing.wk
-  keyctl rewrap < wrapped-keys.txt > rewrapped.txt
-  keyctl rewrap --keyset`,
+What each key becomes:
+  (default)  a wrap under the primary's current KEK version replaces the
+             primary KEK's older wraps; wraps under other KEKs stay;
+  --to NAME  migrate: a wrap under provider NAME's current version, and every
+             other wrap removed (NAME is a provider block of keyctl.hcl);
+  --add NAME add a wrap under NAME and keep the existing ones (a second vault
+             for disaster recovery, or the first step of a gradual move);
+  --drop NAME remove the wraps of NAME (repeatable; with --add, or alone).
+             NAME may also be PROVIDER-TYPE:KEY-ID for a KEK no longer
+             configured: its wraps are then removed unchecked, once another
+             wrap is shown to open;
+  --dry-run  count what would change, per KEK version, without using a key.
+
+Rerunning is safe and skips what is already done: interrupting rewrap, or
+killing it, loses nothing. The summary "rewrapped N, already current N,
+failed N" goes to stdout (stderr when stdout carries wrapped keys); each
+failure is reported on stderr with its reason. Exit status: 0 if nothing
+failed, 2 if every failure was an input error, 1 otherwise.`,
+		Example: `  keyctl rotate && keyctl rewrap --keyset
+  keyctl rewrap --keyset --dry-run --to kms
+  keyctl rewrap --keyset --to kms
+  keyctl rewrap --keyset --add hsm
+  keyctl rewrap app.wk billing.wk
+  keyctl rewrap < wrapped-keys.txt > rewrapped.txt`,
 		RunE: action(func(cmd *cobra.Command, args []string) error {
-			if keyset && len(args) > 0 {
-				return usagef("rewrap: --keyset takes no FILE arguments")
-			}
-			if keyset && len(ctxPairs) > 0 {
-				return usagef("rewrap: --keyset uses each DEK's own context; --context does not apply")
-			}
-			ec, err := parseContext(ctxPairs)
-			if err != nil {
-				return err
-			}
-			ring, err := a.keyring()
-			if err != nil {
-				return err
-			}
-			rw, err := ring.NewRewrapper(a.ctx)
-			if err != nil {
-				return err
-			}
-			a.primaryRef = ring.Primary().Ref()
-			current, _ := ring.Primary().CurrentVersion(a.ctx)
-			sum := &rewrapSummary{Provider: ring.Primary().Ref().String(), KeyVersion: current, Results: []rewrapItem{}}
-			switch {
-			case keyset:
-				err = a.rewrapKeyset(ring, rw, sum)
-			case len(args) > 0:
-				err = a.rewrapFiles(rw, args, ec, sum)
-			default:
-				err = a.rewrapStdin(rw, ec, sum)
-			}
-			if err != nil {
-				return err
-			}
-			toStderr := !keyset && len(args) == 0
-			for _, it := range sum.Results {
-				if it.err != nil {
-					fmt.Fprintln(a.stderr, errorLine(&commandError{err: fmt.Errorf("rewrap: %w", it.err)}))
-				}
-			}
-			if a.jsonOut {
-				a.emitJSON(sum)
-			} else if toStderr {
-				fmt.Fprintln(a.stderr, sum.line())
-			} else {
-				a.printf("%s\n", sum.line())
-			}
-			if err := a.ctx.Err(); err != nil {
-				// The summary (or JSON object) above is the report; add the
-				// reason on stderr and exit 1.
-				err = &commandError{err: fmt.Errorf("rewrap interrupted after %d key(s); nothing is lost, run it again to finish: %w", len(sum.Results), err)}
-				fmt.Fprintln(a.stderr, errorLine(err))
-				return &exitStatus{code: exitCode(err), msg: err.Error()}
-			}
-			return sum.status()
+			return a.runRewrap(f, args)
 		}),
 	}
-	c.Flags().StringArrayVar(&ctxPairs, "context", nil, "encryption context pair key=value the keys were wrapped with (repeatable)")
-	c.Flags().BoolVar(&keyset, "keyset", false, "rewrap every DEK of the configured keyset")
+	fl := c.Flags()
+	fl.StringArrayVar(&f.ctxPairs, "context", nil, "encryption context pair key=value the keys were wrapped with (repeatable)")
+	fl.BoolVar(&f.keyset, "keyset", false, "rewrap every DEK of the configured keyset store")
+	fl.StringVar(&f.to, "to", "", "migrate to provider `NAME`: wrap under it, remove every other wrap")
+	fl.StringVar(&f.add, "add", "", "add a wrap under provider `NAME`, keeping the others")
+	fl.StringArrayVar(&f.drop, "drop", nil, "remove the wraps of provider `NAME` or TYPE:KEY-ID (repeatable)")
+	fl.BoolVar(&f.dryRun, "dry-run", false, "with --keyset: count what would change, per KEK version; use no key, write nothing")
+	fl.IntVar(&f.workers, "workers", 16, "keys rewrapped at once when they cannot be batched in one provider call")
+	fl.IntVar(&f.batch, "batch", 0, "with --keyset: DEKs per store transaction (default 1024; 16384 for a keyset file)")
+	fl.StringVar(&f.progress, "progress", "auto", "with --keyset: auto, bar, log or none")
+	fl.DurationVar(&f.interval, "progress-interval", 10*time.Second, "with --keyset: time between progress log lines")
 	return c
+}
+
+// rewrapper builds the keyring and Rewrapper that f asks for: the
+// configured keyring, plus the providers named by --to, --add and --drop.
+func (a *app) rewrapper(f rewrapFlags) (*core.Rewrapper, error) {
+	switch {
+	case f.to != "" && f.add != "":
+		return nil, usagef("rewrap: --to migrates and --add adds; choose one")
+	case f.to != "" && len(f.drop) > 0:
+		return nil, usagef("rewrap: --to already removes every other wrap; --drop does not apply")
+	}
+	cfg, err := a.config()
+	if err != nil {
+		return nil, err
+	}
+	ring, err := a.keyring()
+	if err != nil {
+		return nil, err
+	}
+	extra := func(name string) (core.KeyProvider, error) {
+		p, err := a.provider(name)
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := ring.Provider(p.Ref()); !ok {
+			// Not in the keyring block: add it, to unwrap and check.
+			refs := ring.Refs()
+			others := make([]core.KeyProvider, 0, len(refs))
+			for _, r := range refs[1:] {
+				q, _ := ring.Provider(r)
+				others = append(others, q)
+			}
+			ring, err = core.NewKeyring(ring.Primary(), append(others, p)...)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w: %w", cfg.Path, config.ErrInvalid, err)
+			}
+		}
+		return p, nil
+	}
+	var o core.RewrapOptions
+	for _, name := range []string{f.to, f.add} {
+		if name == "" {
+			continue
+		}
+		p, err := extra(name)
+		if err != nil {
+			return nil, err
+		}
+		o.Target = p.Ref()
+	}
+	o.Exclusive = f.to != ""
+	for _, name := range f.drop {
+		if _, ok := cfg.Provider(name); ok {
+			p, err := extra(name)
+			if err != nil {
+				return nil, err
+			}
+			o.Drop = append(o.Drop, p.Ref())
+			continue
+		}
+		typ, id, ok := strings.Cut(name, ":")
+		if !ok || typ == "" || id == "" {
+			return nil, withHint(usagef("rewrap: --drop %q: no provider of that name in %s", name, cfg.Path),
+				"name a provider block, or a KEK that is no longer configured as TYPE:KEY-ID (see keyctl inspect); configured: "+providerNames(cfg))
+		}
+		o.Drop = append(o.Drop, core.KeyRef{Provider: typ, KeyID: id})
+	}
+	o.NoTarget = len(o.Drop) > 0 && f.add == "" && f.to == ""
+	for _, d := range o.Drop {
+		if d == o.Target || (o.Target == (core.KeyRef{}) && !o.NoTarget && d == ring.Primary().Ref()) {
+			return nil, usagef("rewrap: %s is both where keys go and dropped", d)
+		}
+		if o.NoTarget && d == ring.Primary().Ref() {
+			fmt.Fprintf(a.stderr, "keyctl: warning: dropping the wraps of the keyring primary %s; keys keep only their other wraps\n", d)
+		}
+	}
+	rw, err := ring.NewRewrapperWith(a.ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	return rw, nil
+}
+
+func (a *app) runRewrap(f rewrapFlags, args []string) error {
+	switch {
+	case f.keyset && len(args) > 0:
+		return usagef("rewrap: --keyset takes no FILE arguments")
+	case f.keyset && len(f.ctxPairs) > 0:
+		return usagef("rewrap: --keyset uses each DEK's own context; --context does not apply")
+	case f.dryRun && !f.keyset:
+		return usagef("rewrap: --dry-run applies to --keyset (keyctl inspect shows a single key's wraps)")
+	case f.workers < 1 || f.workers > 1024:
+		return usagef("rewrap: --workers must be 1 to 1024")
+	case f.batch < 0 || f.batch > 1<<20:
+		return usagef("rewrap: --batch must be 1 to 1048576")
+	}
+	ec, err := parseContext(f.ctxPairs)
+	if err != nil {
+		return err
+	}
+	rw, err := a.rewrapper(f)
+	if err != nil {
+		return err
+	}
+	sum := &rewrapSummary{Results: []rewrapItem{}, DryRun: f.dryRun}
+	if t, v := rw.Target(); t != nil {
+		a.primaryRef = t.Ref()
+		sum.Provider, sum.KeyVersion = t.Ref().String(), v
+	}
+	switch {
+	case f.keyset:
+		err = a.rewrapKeyset(rw, f, sum)
+	case len(args) > 0:
+		err = a.rewrapFiles(rw, args, ec, sum)
+	default:
+		err = a.rewrapStdin(rw, ec, sum, f.workers)
+	}
+	if err != nil {
+		return err
+	}
+	toStderr := !f.keyset && len(args) == 0
+	for _, it := range sum.Results {
+		if it.err != nil {
+			fmt.Fprintln(a.stderr, errorLine(&commandError{err: fmt.Errorf("rewrap: %w", it.err)}))
+		}
+	}
+	if sum.FailuresNotShown > 0 {
+		fmt.Fprintf(a.stderr, "keyctl: error: rewrap: %d more failure(s) not shown\n", sum.FailuresNotShown)
+	}
+	if a.jsonOut {
+		a.emitJSON(sum)
+	} else if toStderr {
+		fmt.Fprintln(a.stderr, sum.line())
+	} else {
+		a.printf("%s\n", sum.line())
+		if f.dryRun {
+			for _, k := range sortedKeys(sum.Replaced) {
+				a.printf("  would replace %d wrap(s) under %s\n", sum.Replaced[k], oneLine(k))
+			}
+			if sum.Rewrapped > 0 && sum.Provider != "" {
+				a.printf("  new wraps under %s@%s\n", sum.Provider, oneLine(sum.KeyVersion))
+			}
+		}
+	}
+	if err := a.ctx.Err(); err != nil {
+		// The summary (or JSON object) above is the report; add the
+		// reason on stderr and exit 1.
+		err = &commandError{err: fmt.Errorf("rewrap interrupted after %d key(s); nothing is lost, run it again to finish: %w", sum.Rewrapped+sum.AlreadyCurrent+sum.Failed, err)}
+		fmt.Fprintln(a.stderr, errorLine(err))
+		return &exitStatus{code: exitCode(err), msg: err.Error()}
+	}
+	return sum.status()
+}
+
+// sortedKeys returns m's keys in order.
+func sortedKeys(m map[string]int) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// rewrapFailuresShown is the number of keyset failures reported one by one.
+const rewrapFailuresShown = 100
+
+// rewrapKeyset rewraps every DEK of the configured keyset store with
+// core's bulk rewrap.
+func (a *app) rewrapKeyset(rw *core.Rewrapper, f rewrapFlags, sum *rewrapSummary) error {
+	cfg, err := a.config()
+	if err != nil {
+		return err
+	}
+	sum.Keyset = cfg.Keyset.String()
+	if cfg.Keyset.Kind() == "file" {
+		if _, err := os.Stat(cfg.Keyset.File); errors.Is(err, os.ErrNotExist) {
+			return a.keysetMissing(cfg)
+		}
+	}
+	st, err := a.openKeysetStore(cfg.Keyset, cfg.Path)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	total := 0
+	if c, ok := st.(core.EntryCounter); ok {
+		if total, err = c.CountEntries(a.ctx); err != nil {
+			return keysetError(cfg, err)
+		}
+	}
+	batch := f.batch
+	if batch == 0 {
+		batch = 1024
+		if cfg.Keyset.Kind() == "file" {
+			batch = 16384 // each transaction rewrites the file
+		}
+	}
+	pr, err := a.newProgress(f.progress, "rewrap", "DEKs", total, f.interval)
+	if err != nil {
+		return err
+	}
+	counts := func(s core.BulkStats) string {
+		if f.dryRun {
+			return fmt.Sprintf("would rewrap %d, already current %d", s.Rewrapped, s.AlreadyCurrent)
+		}
+		return fmt.Sprintf("rewrapped %d, already current %d, failed %d", s.Rewrapped, s.AlreadyCurrent, s.Failed)
+	}
+	stats, err := rw.RewrapStore(a.ctx, st, core.BulkOptions{
+		PageSize: batch, Concurrency: f.workers, DryRun: f.dryRun, MaxFailures: rewrapFailuresShown,
+		Progress: func(s core.BulkStats) { pr.update(s.Seen, counts(s)) },
+	})
+	pr.finish(stats.Seen, counts(stats))
+	sum.Rewrapped, sum.AlreadyCurrent, sum.Conflicts = stats.Rewrapped, stats.AlreadyCurrent, stats.Conflicts
+	if f.dryRun {
+		sum.Replaced = stats.From
+	}
+	for _, fl := range stats.Failures {
+		sum.add(rewrapItem{DEKID: fmt.Sprintf("%08x", fl.ID), Status: core.RewrapFailed.String(),
+			err: fmt.Errorf("keyset DEK %08x: %w", fl.ID, fl.Err)})
+	}
+	sum.FailuresNotShown = stats.Failed - len(stats.Failures)
+	sum.Failed = stats.Failed
+	if err != nil && a.ctx.Err() == nil {
+		return keysetError(cfg, fmt.Errorf("rewrap: %w", err))
+	}
+	return nil
 }
 
 // rewrapOne rewraps wk and fills the item's status.
@@ -186,9 +416,6 @@ func fillItem(a *app, it *rewrapItem, out *core.WrappedKey, st core.RewrapStatus
 // rewrapBatch is how many stdin lines rewrap hands to core's RewrapAll at
 // once: with a plugin provider one RPC then serves many keys.
 const rewrapBatch = 1024
-
-// rewrapWorkers is the number of batches in flight.
-const rewrapWorkers = 2
 
 // interrupted reports whether err only says that the command was
 // interrupted before the item was done.
@@ -232,7 +459,7 @@ func (a *app) rewrapFiles(rw *core.Rewrapper, files []string, ec core.Context, s
 	return nil
 }
 
-func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummary) error {
+func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummary, workers int) error {
 	sc := bufio.NewScanner(a.stdin)
 	sc.Buffer(make([]byte, 0, 64<<10), core.MaxWrappedKeyText+16)
 	var out bytes.Buffer
@@ -255,7 +482,7 @@ func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummar
 			}
 		}
 		if len(items) > 0 {
-			for j, r := range rw.RewrapAll(a.ctx, items, rewrapWorkers) {
+			for j, r := range rw.RewrapAll(a.ctx, items, workers) {
 				l := &chunk[idx[j]]
 				if a.interrupted(r.Err) {
 					l.kept = true
@@ -333,92 +560,4 @@ func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummar
 		_, _ = a.stdout.Write(out.Bytes())
 	}
 	return nil
-}
-
-func (a *app) rewrapKeyset(ring *core.Keyring, rw *core.Rewrapper, sum *rewrapSummary) error {
-	unlock, err := a.lockKeyset()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	ks, path, err := a.loadKeyset()
-	if err != nil {
-		return err
-	}
-	changed := false
-	items := make([]core.RewrapItem, len(ks.DEKs))
-	for i := range ks.DEKs {
-		items[i] = core.RewrapItem{Key: ks.DEKs[i].Wrapped, Context: ks.DEKs[i].Context()}
-	}
-	for i, r := range rw.RewrapAll(a.ctx, items, rewrapWorkers) {
-		if a.interrupted(r.Err) {
-			continue // interrupted: save what was done
-		}
-		e := &ks.DEKs[i]
-		it := rewrapItem{DEKID: fmt.Sprintf("%08x", e.ID)}
-		out := fillItem(a, &it, r.Key, r.Status, r.Err)
-		if it.err != nil {
-			it.err = fmt.Errorf("keyset DEK %08x: %w", e.ID, it.err)
-		}
-		if out != nil && it.Status == core.Rewrapped.String() {
-			e.Wrapped = out
-			changed = true
-		}
-		sum.add(it)
-	}
-	if changed {
-		if err := a.saveKeyset(ks, path); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// saveKeyset writes ks to path atomically, keeping the file's mode.
-func (a *app) saveKeyset(ks *core.Keyset, path string) error {
-	data, err := ks.Marshal()
-	if err != nil {
-		return fmt.Errorf("keyset %s: %w", path, err)
-	}
-	if err := writeFileAtomic(path, data, fileMode(path, 0o600), true); err != nil {
-		return fmt.Errorf("keyset: %w", err)
-	}
-	return nil
-}
-
-// lockKeyset locks the configured keyset file against other keyctl
-// processes; hold it from loadKeyset to saveKeyset when changing the keyset.
-func (a *app) lockKeyset() (func(), error) {
-	cfg, err := a.config()
-	if err != nil {
-		return nil, err
-	}
-	return store.LockFile(a.ctx, cfg.Keyset.File)
-}
-
-// loadKeyset reads the configured keyset file.
-func (a *app) loadKeyset() (*core.Keyset, string, error) {
-	cfg, err := a.config()
-	if err != nil {
-		return nil, "", err
-	}
-	path := cfg.Keyset.File
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o022 != 0 {
-		// Anyone who can write the keyset can swap a DEK's wrap for one of a
-		// DEK they know (with Encrypt rights on the KEK) or delete DEKs.
-		return nil, path, withHint(fmt.Errorf("keyset %s has mode %04o: it is writable by group or others: %w", path, fi.Mode().Perm(), core.ErrPermission),
-			"chmod 600 "+path)
-	}
-	b, err := readFileLimit(path, core.MaxKeysetBytes)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, path, withHint(usagef("keyset %s does not exist", path), "run `keyctl init` to create one, or fix the keyset block of "+cfg.Path)
-		}
-		return nil, path, fmt.Errorf("keyset: %w", err)
-	}
-	ks, err := core.ParseKeyset(b)
-	if err != nil {
-		return nil, path, fmt.Errorf("%s: %w", path, err)
-	}
-	return ks, path, nil
 }

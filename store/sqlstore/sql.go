@@ -404,6 +404,15 @@ func (s *SQLStore) Entries(ctx context.Context, after uint32, limit int) ([]core
 	return s.entries(ctx, s.db, `SELECT id, state, created, wrapped FROM keyctl_deks WHERE keyset = ? AND id > ? ORDER BY id LIMIT ?`, s.keyset, int64(after), limit)
 }
 
+// CountEntries returns the number of DEKs in the keyset (core.EntryCounter).
+func (s *SQLStore) CountEntries(ctx context.Context) (int, error) {
+	var n int64
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT count(*) FROM keyctl_deks WHERE keyset = ?`), s.keyset).Scan(&n); err != nil {
+		return 0, s.errf("count", err)
+	}
+	return int(n), nil
+}
+
 // SwapWrapped is one conditional UPDATE of DEK id's row, in a transaction
 // that holds the keyset row's shared lock (so it does not interleave with an
 // Update).
