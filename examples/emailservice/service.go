@@ -320,6 +320,9 @@ func (s *Service) Reload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load keyset %q: %w", s.cfg.EmailKeyset, err)
 	}
+	if len(eks.DEKs) == 0 {
+		return fmt.Errorf("keyset %q is empty (was the database initialised with -init?): %w", s.cfg.EmailKeyset, core.ErrKeyNotFound)
+	}
 	fields, err := eks.OpenFieldCipher(ctx, s.cfg.Ring)
 	if err != nil {
 		return fmt.Errorf("keyset %q: %w", s.cfg.EmailKeyset, err)

@@ -534,7 +534,7 @@ func TestOpenUninitialised(t *testing.T) {
 	}
 	ring, _ := core.NewKeyring(p)
 	_, err = Open(t.Context(), Config{DBPath: filepath.Join(dir, "x.db"), Ring: ring})
-	if err == nil || !strings.Contains(err.Error(), "no primary DEK") {
+	if err == nil || !strings.Contains(err.Error(), "initialised with -init") {
 		t.Fatalf("Open of an empty database: %v", err)
 	}
 	if _, err := Open(t.Context(), Config{DBPath: filepath.Join(dir, "x.db"), Ring: ring, EmailKeyset: "a", IndexKeyset: "a"}); err == nil {
