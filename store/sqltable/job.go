@@ -1,0 +1,611 @@
+package sqltable
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/keyctl/keyctl/core"
+	"github.com/keyctl/keyctl/store"
+)
+
+// Job states.
+const (
+	// JobNewDEK: the job is recorded; its target DEK may or may not have
+	// been added to the keyset yet (see Job.PrevDEK).
+	JobNewDEK = "new-dek"
+	// JobRunning: the target DEK is recorded; chunks are being processed.
+	JobRunning = "running"
+	// JobDone: every chunk is done.
+	JobDone = "done"
+)
+
+// Chunk states.
+const (
+	chunkPending = "pending"
+	chunkRunning = "running"
+	chunkDone    = "done"
+)
+
+var (
+	// ErrNoJob is returned when a table has no job of the kind asked for.
+	ErrNoJob = errors.New("no re-encryption job")
+	// ErrNoChunk is returned by Claim when no chunk can be claimed now.
+	ErrNoChunk = errors.New("no chunk to claim")
+	// ErrBusy is returned by LockSingle when another process holds the lock.
+	ErrBusy = errors.New("another keyctl reencrypt is running on this table")
+)
+
+var schema = map[dialect][]string{
+	sqlite: {
+		`CREATE TABLE IF NOT EXISTS keyctl_reencrypt_jobs (
+			id INTEGER PRIMARY KEY AUTOINCREMENT,
+			tbl TEXT NOT NULL,
+			key_col TEXT NOT NULL,
+			cols TEXT NOT NULL,
+			aad TEXT NOT NULL,
+			prev_dek BIGINT NOT NULL,
+			target_dek BIGINT,
+			state TEXT NOT NULL,
+			created BIGINT NOT NULL,
+			finished BIGINT)`,
+		`CREATE UNIQUE INDEX IF NOT EXISTS keyctl_reencrypt_jobs_open ON keyctl_reencrypt_jobs (tbl) WHERE state <> 'done'`,
+		`CREATE TABLE IF NOT EXISTS keyctl_reencrypt_chunks (
+			job_id BIGINT NOT NULL,
+			chunk INTEGER NOT NULL,
+			lo BIGINT NOT NULL,
+			hi BIGINT NOT NULL,
+			state TEXT NOT NULL,
+			lease_owner TEXT,
+			lease_until BIGINT,
+			checkpoint BIGINT,
+			PRIMARY KEY (job_id, chunk))`,
+	},
+	postgres: {
+		`CREATE TABLE IF NOT EXISTS keyctl_reencrypt_jobs (
+			id BIGSERIAL PRIMARY KEY,
+			tbl TEXT NOT NULL,
+			key_col TEXT NOT NULL,
+			cols TEXT NOT NULL,
+			aad TEXT NOT NULL,
+			prev_dek BIGINT NOT NULL,
+			target_dek BIGINT,
+			state TEXT NOT NULL,
+			created BIGINT NOT NULL,
+			finished BIGINT)`,
+		`CREATE UNIQUE INDEX IF NOT EXISTS keyctl_reencrypt_jobs_open ON keyctl_reencrypt_jobs (tbl) WHERE state <> 'done'`,
+		`CREATE TABLE IF NOT EXISTS keyctl_reencrypt_chunks (
+			job_id BIGINT NOT NULL,
+			chunk INTEGER NOT NULL,
+			lo BIGINT NOT NULL,
+			hi BIGINT NOT NULL,
+			state TEXT NOT NULL,
+			lease_owner TEXT,
+			lease_until BIGINT,
+			checkpoint BIGINT,
+			PRIMARY KEY (job_id, chunk))`,
+	},
+}
+
+// migrate creates the job tables if needed. Concurrent first runs may race
+// on CREATE in PostgreSQL: an advisory lock serialises them.
+func (db *DB) migrate(ctx context.Context) error {
+	tx, err := db.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("%s: job tables: %w", db.where, err)
+	}
+	defer tx.Rollback()
+	if db.d == postgres {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(7239001)`); err != nil {
+			return fmt.Errorf("%s: job tables: %w", db.where, err)
+		}
+	}
+	for _, q := range schema[db.d] {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("%s: job tables: %w", db.where, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("%s: job tables: %w", db.where, err)
+	}
+	return nil
+}
+
+// nowMS is the database's clock in Unix milliseconds: leases use one clock
+// for every worker, whatever machine it runs on.
+func (db *DB) nowMS() string {
+	if db.d == postgres {
+		return `(extract(epoch from clock_timestamp()) * 1000)::bigint`
+	}
+	return `CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)`
+}
+
+// Job is a re-encryption job recorded in keyctl_reencrypt_jobs.
+type Job struct {
+	ID    int64
+	Spec  Spec
+	AAD   string
+	State string
+	// PrevDEK is the keyset's primary DEK when the job was created: while
+	// the job is in state JobNewDEK, a keyset whose primary is still PrevDEK
+	// has not got the job's new DEK yet.
+	PrevDEK uint32
+	// TargetDEK is the DEK values are moved onto; 0 in state JobNewDEK.
+	TargetDEK uint32
+	Created   time.Time
+
+	t *Table
+}
+
+// Table returns the job's table.
+func (j *Job) Table() *Table { return j.t }
+
+const jobCols = `id, key_col, cols, aad, state, prev_dek, target_dek, created`
+
+func (t *Table) readJob(ctx context.Context, q string, args ...any) (*Job, error) {
+	var (
+		j             Job
+		key, cols     string
+		prev, created int64
+		target        sql.NullInt64
+	)
+	err := t.db.db.QueryRowContext(ctx, q, args...).Scan(&j.ID, &key, &cols, &j.AAD, &j.State, &prev, &target, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%s: table %s: %w", t.db.where, t.spec.Table, ErrNoJob)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: job table: %w", t.db.where, err)
+	}
+	j.Spec = Spec{Table: t.spec.Table, Key: key, Columns: strings.Split(cols, ",")}
+	j.PrevDEK = uint32(prev)
+	j.TargetDEK = uint32(target.Int64)
+	j.Created = time.Unix(created, 0).UTC()
+	j.t = t
+	return &j, nil
+}
+
+// OpenJob returns the unfinished job on t's table, or an error wrapping
+// ErrNoJob. A job on other columns or another key column than t's is an
+// error wrapping core.ErrFailedPrecondition (finish it first).
+func (t *Table) OpenJob(ctx context.Context) (*Job, error) {
+	if err := t.db.migrate(ctx); err != nil {
+		return nil, err
+	}
+	j, err := t.readJob(ctx, `SELECT `+jobCols+` FROM keyctl_reencrypt_jobs WHERE tbl = `+t.db.ph(1)+` AND state <> 'done'`, t.spec.Table)
+	if err != nil {
+		return nil, err
+	}
+	if j.Spec.Key != t.spec.Key || j.Spec.colsKey() != t.spec.colsKey() {
+		return nil, fmt.Errorf("%s: table %s has an unfinished job (%d) on key %s and columns %s, not %s and %s; finish it first: %w",
+			t.db.where, t.spec.Table, j.ID, j.Spec.Key, j.Spec.colsKey(), t.spec.Key, t.spec.colsKey(), core.ErrFailedPrecondition)
+	}
+	j.Spec = t.spec
+	return j, nil
+}
+
+// LastJob returns the most recent job on t's table in any state, or an
+// error wrapping ErrNoJob.
+func (t *Table) LastJob(ctx context.Context) (*Job, error) {
+	if err := t.db.migrate(ctx); err != nil {
+		return nil, err
+	}
+	return t.readJob(ctx, `SELECT `+jobCols+` FROM keyctl_reencrypt_jobs WHERE tbl = `+t.db.ph(1)+` ORDER BY id DESC LIMIT 1`, t.spec.Table)
+}
+
+// JobOptions configure CreateJob.
+type JobOptions struct {
+	// AAD is the associated-data format (core.ParseADTemplate), recorded so
+	// that a resumed run uses the same.
+	AAD string
+	// PrevDEK is the keyset's primary DEK now (see Job.PrevDEK).
+	PrevDEK uint32
+	// TargetDEK, if not 0, is recorded at once and the job starts in state
+	// JobRunning (a re-encryption onto the current primary, no new DEK).
+	TargetDEK uint32
+	// ChunkKeys is the key span of a chunk (10000 if 0); there are at most
+	// MaxChunks chunks.
+	ChunkKeys int64
+}
+
+// MaxChunks bounds the number of chunks of a job.
+const MaxChunks = 4096
+
+// CreateJob records a new job on t's table with its chunks, which cover
+// every possible key (rows inserted later fall in the first or last
+// chunk). If another process created an unfinished job on the table first,
+// that job is returned with created false.
+func (t *Table) CreateJob(ctx context.Context, o JobOptions) (j *Job, created bool, err error) {
+	if err := t.db.migrate(ctx); err != nil {
+		return nil, false, err
+	}
+	if o.ChunkKeys <= 0 {
+		o.ChunkKeys = 10000
+	}
+	lo, hi, ok, err := t.Bounds(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	bounds := splitRange(lo, hi, ok, o.ChunkKeys)
+	state := JobNewDEK
+	var target any
+	if o.TargetDEK != 0 {
+		state = JobRunning
+		target = int64(o.TargetDEK)
+	}
+	tx, err := t.db.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: job table: %w", t.db.where, err)
+	}
+	defer tx.Rollback()
+	ph := t.db.ph
+	var id int64
+	err = tx.QueryRowContext(ctx, `INSERT INTO keyctl_reencrypt_jobs (tbl, key_col, cols, aad, prev_dek, target_dek, state, created)
+		VALUES (`+ph(1)+`, `+ph(2)+`, `+ph(3)+`, `+ph(4)+`, `+ph(5)+`, `+ph(6)+`, `+ph(7)+`, `+ph(8)+`) RETURNING id`,
+		t.spec.Table, t.spec.Key, t.spec.colsKey(), o.AAD, int64(o.PrevDEK), target, state, time.Now().Unix()).Scan(&id)
+	if err != nil {
+		tx.Rollback()
+		if existing, err2 := t.OpenJob(ctx); err2 == nil {
+			return existing, false, nil // lost the race to another process
+		}
+		return nil, false, fmt.Errorf("%s: creating a job on table %s: %w", t.db.where, t.spec.Table, err)
+	}
+	st, err := tx.PrepareContext(ctx, `INSERT INTO keyctl_reencrypt_chunks (job_id, chunk, lo, hi, state) VALUES (`+ph(1)+`, `+ph(2)+`, `+ph(3)+`, `+ph(4)+`, 'pending')`)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: chunk table: %w", t.db.where, err)
+	}
+	defer st.Close()
+	for i, b := range bounds {
+		if _, err := st.ExecContext(ctx, id, i, b[0], b[1]); err != nil {
+			return nil, false, fmt.Errorf("%s: chunk table: %w", t.db.where, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		if existing, err2 := t.OpenJob(ctx); err2 == nil {
+			return existing, false, nil
+		}
+		return nil, false, fmt.Errorf("%s: creating a job on table %s: %w", t.db.where, t.spec.Table, err)
+	}
+	j, err = t.OpenJob(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	return j, j.ID == id, nil
+}
+
+// splitRange splits the key space into chunks of about span keys over
+// [lo, hi], the first starting at the smallest int64 and the last ending
+// at the largest.
+func splitRange(lo, hi int64, ok bool, span int64) [][2]int64 {
+	if !ok || lo == hi {
+		return [][2]int64{{math.MinInt64, math.MaxInt64}}
+	}
+	width := uint64(hi) - uint64(lo) // keys - 1; no overflow in uint64
+	n := width / uint64(span)
+	if n >= MaxChunks {
+		n = MaxChunks
+	} else {
+		n++
+	}
+	step := width/n + 1
+	out := make([][2]int64, 0, n)
+	start := int64(math.MinInt64)
+	for i := uint64(1); i < n; i++ {
+		end := int64(uint64(lo) + i*step - 1)
+		out = append(out, [2]int64{start, end})
+		start = end + 1
+	}
+	return append(out, [2]int64{start, math.MaxInt64})
+}
+
+// SetTarget records the job's target DEK and moves it to JobRunning. It
+// is idempotent: recording the same id again is not an error; another id
+// is (core.ErrConflict).
+func (j *Job) SetTarget(ctx context.Context, id uint32) error {
+	db := j.t.db
+	_, err := db.db.ExecContext(ctx, `UPDATE keyctl_reencrypt_jobs SET target_dek = `+db.ph(1)+`, state = '`+JobRunning+`' WHERE id = `+db.ph(2)+` AND state = '`+JobNewDEK+`'`, int64(id), j.ID)
+	if err != nil {
+		return fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
+	}
+	var target sql.NullInt64
+	if err := db.db.QueryRowContext(ctx, `SELECT target_dek FROM keyctl_reencrypt_jobs WHERE id = `+db.ph(1), j.ID).Scan(&target); err != nil {
+		return fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
+	}
+	if uint32(target.Int64) != id {
+		return fmt.Errorf("%s: job %d already targets DEK %08x, not %08x: %w", db.where, j.ID, uint32(target.Int64), id, core.ErrConflict)
+	}
+	j.TargetDEK, j.State = id, JobRunning
+	return nil
+}
+
+// ChunkCounts counts a job's chunks by state.
+type ChunkCounts struct {
+	Total, Pending, Running, Done int
+	// Live are the running chunks whose lease has not expired.
+	Live int
+}
+
+// Counts counts the job's chunks by state.
+func (j *Job) Counts(ctx context.Context) (ChunkCounts, error) {
+	db := j.t.db
+	var c ChunkCounts
+	rows, err := db.db.QueryContext(ctx, `SELECT state, COALESCE(lease_until, 0) > `+db.nowMS()+` FROM keyctl_reencrypt_chunks WHERE job_id = `+db.ph(1), j.ID)
+	if err != nil {
+		return c, fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var s string
+		var live bool
+		if err := rows.Scan(&s, &live); err != nil {
+			return c, fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
+		}
+		c.Total++
+		switch s {
+		case chunkPending:
+			c.Pending++
+		case chunkRunning:
+			c.Running++
+			if live {
+				c.Live++
+			}
+		case chunkDone:
+			c.Done++
+		}
+	}
+	return c, rows.Err()
+}
+
+// Finish marks the job done if every chunk is done, and reports whether it
+// is.
+func (j *Job) Finish(ctx context.Context) (bool, error) {
+	c, err := j.Counts(ctx)
+	if err != nil {
+		return false, err
+	}
+	if c.Done != c.Total {
+		return false, nil
+	}
+	db := j.t.db
+	if _, err := db.db.ExecContext(ctx, `UPDATE keyctl_reencrypt_jobs SET state = 'done', finished = `+db.ph(1)+` WHERE id = `+db.ph(2)+` AND state <> 'done'`, time.Now().Unix(), j.ID); err != nil {
+		return false, fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
+	}
+	j.State = JobDone
+	return true, nil
+}
+
+// Chunk is a leased key range [Lo, Hi] of a job. It is the
+// core.ReencryptSource a worker runs the engine on: its Apply commits the
+// batch, the checkpoint and a renewed lease in one transaction, and fails
+// with core.ErrLeaseLost (storing nothing) once another worker has taken
+// the chunk over.
+type Chunk struct {
+	N          int
+	Lo, Hi     int64
+	Checkpoint core.Cursor
+
+	job   *Job
+	owner string
+	lease time.Duration
+}
+
+// Claim leases the first chunk of the job, in key order, that is pending,
+// or running with an expired lease, or running under owner (a restarted
+// process of the same owner), and returns it with its checkpoint. In
+// PostgreSQL it uses SELECT ... FOR UPDATE SKIP LOCKED, so workers never
+// wait on each other; SQLite serialises claims with its write lock. Errors
+// wrap ErrNoChunk when nothing can be claimed now.
+func (j *Job) Claim(ctx context.Context, owner string, lease time.Duration) (*Chunk, error) {
+	db := j.t.db
+	tx, err := db.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: job %d: claiming a chunk: %w", db.where, j.ID, err)
+	}
+	defer tx.Rollback()
+	q := `SELECT chunk, lo, hi, checkpoint FROM keyctl_reencrypt_chunks
+		WHERE job_id = ` + db.ph(1) + ` AND (state = 'pending' OR (state = 'running' AND (lease_until < ` + db.nowMS() + ` OR lease_owner = ` + db.ph(2) + `)))
+		ORDER BY chunk LIMIT 1`
+	if db.d == postgres {
+		q += ` FOR UPDATE SKIP LOCKED`
+	}
+	c := &Chunk{job: j, owner: owner, lease: lease}
+	var cp sql.NullInt64
+	err = tx.QueryRowContext(ctx, q, j.ID, owner).Scan(&c.N, &c.Lo, &c.Hi, &cp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("job %d: %w", j.ID, ErrNoChunk)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: job %d: claiming a chunk: %w", db.where, j.ID, err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE keyctl_reencrypt_chunks SET state = 'running', lease_owner = `+db.ph(1)+`, lease_until = `+db.nowMS()+` + `+db.ph(2)+`
+		WHERE job_id = `+db.ph(3)+` AND chunk = `+db.ph(4), owner, lease.Milliseconds(), j.ID, c.N); err != nil {
+		return nil, fmt.Errorf("%s: job %d: claiming a chunk: %w", db.where, j.ID, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("%s: job %d: claiming a chunk: %w", db.where, j.ID, err)
+	}
+	c.Checkpoint = core.Cursor{Set: cp.Valid, Key: cp.Int64}
+	return c, nil
+}
+
+// Columns implements core.ReencryptSource.
+func (c *Chunk) Columns() []string { return c.job.t.spec.Columns }
+
+// Scan implements core.ReencryptSource over [Lo, Hi].
+func (c *Chunk) Scan(ctx context.Context, after core.Cursor, limit int) ([]core.ReencryptRow, error) {
+	return c.job.t.scan(ctx, c.job.t.db.db, c.Lo, c.Hi, after, limit)
+}
+
+// Reread implements core.ReencryptSource.
+func (c *Chunk) Reread(ctx context.Context, keys []int64) ([]core.ReencryptRow, error) {
+	return c.job.t.reread(ctx, keys)
+}
+
+// Apply implements core.ReencryptSource: the swaps, the checkpoint and a
+// renewed lease in one transaction.
+func (c *Chunk) Apply(ctx context.Context, updates []core.RowUpdate, checkpoint core.Cursor) ([]bool, error) {
+	t := c.job.t
+	db := t.db
+	tx, err := db.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: table %s: %w", db.where, t.spec.Table, err)
+	}
+	defer tx.Rollback()
+	// The lease first: in PostgreSQL this locks the chunk row, so a worker
+	// taking the chunk over waits for this batch (or skips it).
+	res, err := tx.ExecContext(ctx, `UPDATE keyctl_reencrypt_chunks SET checkpoint = `+db.ph(1)+`, lease_until = `+db.nowMS()+` + `+db.ph(2)+`
+		WHERE job_id = `+db.ph(3)+` AND chunk = `+db.ph(4)+` AND lease_owner = `+db.ph(5)+` AND state = 'running'`,
+		checkpoint.Key, c.lease.Milliseconds(), c.job.ID, c.N, c.owner)
+	if err != nil {
+		return nil, fmt.Errorf("%s: job %d chunk %d: checkpoint: %w", db.where, c.job.ID, c.N, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return nil, fmt.Errorf("%s: job %d chunk %d: %w", db.where, c.job.ID, c.N, core.ErrLeaseLost)
+	}
+	swapped, err := t.applyUpdates(ctx, tx, updates)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("%s: table %s: commit: %w", db.where, t.spec.Table, err)
+	}
+	c.Checkpoint = checkpoint
+	return swapped, nil
+}
+
+// Done marks the chunk done (if this worker still holds it).
+func (c *Chunk) Done(ctx context.Context) error {
+	db := c.job.t.db
+	res, err := db.db.ExecContext(ctx, `UPDATE keyctl_reencrypt_chunks SET state = 'done', lease_until = NULL
+		WHERE job_id = `+db.ph(1)+` AND chunk = `+db.ph(2)+` AND lease_owner = `+db.ph(3)+` AND state = 'running'`, c.job.ID, c.N, c.owner)
+	if err != nil {
+		return fmt.Errorf("%s: job %d chunk %d: %w", db.where, c.job.ID, c.N, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return fmt.Errorf("%s: job %d chunk %d: %w", db.where, c.job.ID, c.N, core.ErrLeaseLost)
+	}
+	return nil
+}
+
+// ProcessOptions configure Job.Process.
+type ProcessOptions struct {
+	// Owner names this process in leases: a fixed name in single-process
+	// mode (so a rerun takes its chunks back at once), a unique one per
+	// worker.
+	Owner string
+	// Lease is how long a claimed chunk stays this process's without a
+	// committed batch (60 s if zero).
+	Lease time.Duration
+	// Poll is how often to look again for a chunk while other workers hold
+	// the remaining ones (1 s if zero).
+	Poll time.Duration
+	// OnChunk, if set, is called when a chunk is claimed.
+	OnChunk func(c *Chunk)
+}
+
+// Process claims the job's chunks one after another and runs r on each
+// from its checkpoint, until every chunk is done; it waits while other
+// workers hold the remaining chunks, and takes over a chunk whose lease has
+// expired. It adds to st. On return without error the job is done.
+func (j *Job) Process(ctx context.Context, r *core.Reencrypter, o ProcessOptions, st *core.ReencryptStats) (*core.ReencryptStats, error) {
+	if st == nil {
+		st = &core.ReencryptStats{}
+	}
+	if j.TargetDEK == 0 || r.Target() != j.TargetDEK {
+		return st, fmt.Errorf("job %d targets DEK %08x but the cipher encrypts under %08x: %w", j.ID, j.TargetDEK, r.Target(), core.ErrFailedPrecondition)
+	}
+	if o.Lease <= 0 {
+		o.Lease = time.Minute
+	}
+	if o.Poll <= 0 {
+		o.Poll = time.Second
+	}
+	for {
+		c, err := j.Claim(ctx, o.Owner, o.Lease)
+		if errors.Is(err, ErrNoChunk) {
+			done, err := j.Finish(ctx)
+			if err != nil {
+				return st, err
+			}
+			if done {
+				return st, nil
+			}
+			select {
+			case <-ctx.Done():
+				return st, fmt.Errorf("job %d: %w", j.ID, ctx.Err())
+			case <-time.After(o.Poll):
+			}
+			continue
+		}
+		if err != nil {
+			return st, err
+		}
+		if o.OnChunk != nil {
+			o.OnChunk(c)
+		}
+		if _, err := r.Run(ctx, c, c.Checkpoint, st); err != nil {
+			if errors.Is(err, core.ErrLeaseLost) {
+				continue
+			}
+			return st, fmt.Errorf("job %d chunk %d: %w", j.ID, c.N, err)
+		}
+		if err := c.Done(ctx); err != nil && !errors.Is(err, core.ErrLeaseLost) {
+			return st, err
+		}
+	}
+}
+
+// LockSingle takes the single-process lock of t's table: a session
+// advisory lock in PostgreSQL (released if the process dies), a lock file
+// next to the database in SQLite. It fails at once with ErrBusy when
+// another process holds it.
+func (t *Table) LockSingle(ctx context.Context) (unlock func(), err error) {
+	db := t.db
+	if db.d == sqlite {
+		lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		unlock, err := store.LockFile(lctx, db.path+".keyctl-reencrypt-"+t.spec.Table+".lock")
+		if err != nil {
+			if lctx.Err() != nil && ctx.Err() == nil {
+				return nil, fmt.Errorf("%s: table %s: %w", db.where, t.spec.Table, ErrBusy)
+			}
+			return nil, fmt.Errorf("%s: table %s: lock: %w", db.where, t.spec.Table, err)
+		}
+		return unlock, nil
+	}
+	conn, err := db.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: lock: %w", db.where, err)
+	}
+	h := fnv.New64a()
+	h.Write([]byte("keyctl-reencrypt:" + t.spec.Table))
+	key := int64(h.Sum64())
+	var ok bool
+	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&ok); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("%s: lock: %w", db.where, err)
+	}
+	if !ok {
+		conn.Close()
+		return nil, fmt.Errorf("%s: table %s: %w", db.where, t.spec.Table, ErrBusy)
+	}
+	return func() {
+		_, _ = conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock($1)`, key)
+		conn.Close()
+	}, nil
+}
+
+// WorkerID returns a lease owner name unique to this process:
+// host:pid:random.
+func WorkerID() string {
+	h, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s:%d:%x", h, os.Getpid(), b)
+}

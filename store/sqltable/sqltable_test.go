@@ -1,0 +1,430 @@
+package sqltable_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/keyctl/keyctl/core"
+	"github.com/keyctl/keyctl/internal/pgtest"
+	"github.com/keyctl/keyctl/store/sqltable"
+)
+
+// openKind opens an empty database of kind: a SQLite file, or a fresh
+// PostgreSQL cluster.
+func openKind(t *testing.T, kind string) *sqltable.DB {
+	t.Helper()
+	var db *sqltable.DB
+	var err error
+	switch kind {
+	case "sqlite":
+		path := filepath.Join(t.TempDir(), "app.db")
+		if err := os.WriteFile(path, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		db, err = sqltable.OpenSQLite(t.Context(), path)
+	case "postgres":
+		db, err = sqltable.OpenPostgres(t.Context(), pgtest.Start(t))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+var kinds = []string{"sqlite", "postgres"}
+
+// keys is a test keyset of two DEKs as ciphers: old (primary of oldFC) and
+// new (primary of newFC, which also opens old).
+type keys struct {
+	oldFC, newFC *core.FieldCipher
+	oldID, newID uint32
+	ad           *core.ADTemplate
+}
+
+func newKeys(t testing.TB, table string) *keys {
+	t.Helper()
+	a, _ := core.NewDEK()
+	b, _ := core.NewDEK()
+	k := &keys{oldID: 0xaaaa0001, newID: 0xbbbb0002}
+	var err error
+	if k.oldFC, err = core.NewFieldCipher(k.oldID, map[uint32]core.DEK{k.oldID: a}); err != nil {
+		t.Fatal(err)
+	}
+	if k.newFC, err = core.NewFieldCipher(k.newID, map[uint32]core.DEK{k.oldID: a, k.newID: b}); err != nil {
+		t.Fatal(err)
+	}
+	if k.ad, err = core.ParseADTemplate(core.DefaultADFormat, table); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// fill creates table users (id, email binary, name text) with n rows
+// encrypted under fc; every 5th name is NULL.
+func fill(t testing.TB, db *sqltable.DB, k *keys, n int) map[int64][2]string {
+	t.Helper()
+	ctx := context.Background()
+	ddl := `CREATE TABLE users (id INTEGER PRIMARY KEY, email BLOB, name TEXT)`
+	if db.Postgres() {
+		ddl = `CREATE TABLE users (id BIGINT PRIMARY KEY, email BYTEA, name TEXT)`
+	}
+	if _, err := db.SQL().ExecContext(ctx, ddl); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.SQL().BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := `INSERT INTO users (id, email, name) VALUES (?1, ?2, ?3)`
+	if db.Postgres() {
+		q = `INSERT INTO users (id, email, name) VALUES ($1, $2, $3)`
+	}
+	plain := map[int64][2]string{}
+	for i := range n {
+		id := int64(i*7 + 1)
+		email := fmt.Sprintf("user%d@example.com", i)
+		ct, _ := k.oldFC.Encrypt([]byte(email), k.ad.Append(nil, "email", id))
+		var name any
+		p := [2]string{email, ""}
+		if i%5 != 0 {
+			p[1] = fmt.Sprintf("Name %d", i)
+			nct, _ := k.oldFC.Encrypt([]byte(p[1]), k.ad.Append(nil, "name", id))
+			name = core.EncodeFieldText(nct)
+		}
+		if _, err := tx.ExecContext(ctx, q, id, ct, name); err != nil {
+			t.Fatal(err)
+		}
+		plain[id] = p
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	return plain
+}
+
+var spec = sqltable.Spec{Table: "users", Key: "id", Columns: []string{"email", "name"}}
+
+// checkAll asserts that every row decrypts to plain and, if want != 0, is
+// under want.
+func checkAll(t testing.TB, db *sqltable.DB, k *keys, plain map[int64][2]string, want uint32) {
+	t.Helper()
+	rows, err := db.SQL().Query(`SELECT id, email, name FROM users`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var id int64
+		var email []byte
+		var name *string
+		if err := rows.Scan(&id, &email, &name); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		pt, err := k.newFC.Decrypt(email, k.ad.Append(nil, "email", id))
+		if err != nil || string(pt) != plain[id][0] {
+			t.Fatalf("row %d email: %q, %v", id, pt, err)
+		}
+		if got, _ := core.DEKID(email); want != 0 && got != want {
+			t.Fatalf("row %d email under %08x", id, got)
+		}
+		if name == nil {
+			if plain[id][1] != "" {
+				t.Fatalf("row %d: name NULL", id)
+			}
+			continue
+		}
+		ct, err := core.DecodeFieldText(*name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt, err = k.newFC.Decrypt(ct, k.ad.Append(nil, "name", id))
+		if err != nil || string(pt) != plain[id][1] {
+			t.Fatalf("row %d name: %q, %v", id, pt, err)
+		}
+		if got, _ := core.DEKID(ct); want != 0 && got != want {
+			t.Fatalf("row %d name under %08x", id, got)
+		}
+	}
+	if n != len(plain) {
+		t.Fatalf("%d rows, want %d", n, len(plain))
+	}
+}
+
+func TestReencryptJob(t *testing.T) {
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			db := openKind(t, kind)
+			k := newKeys(t, "users")
+			plain := fill(t, db, k, 1000)
+			tbl, err := db.Table(t.Context(), spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tbl.OpenJob(t.Context()); !errors.Is(err, sqltable.ErrNoJob) {
+				t.Fatalf("OpenJob before any: %v", err)
+			}
+			job, created, err := tbl.CreateJob(t.Context(), sqltable.JobOptions{AAD: core.DefaultADFormat, PrevDEK: k.oldID, ChunkKeys: 3000})
+			if err != nil || !created || job.State != sqltable.JobNewDEK {
+				t.Fatalf("CreateJob: %+v %v %v", job, created, err)
+			}
+			again, created, err := tbl.CreateJob(t.Context(), sqltable.JobOptions{AAD: core.DefaultADFormat, PrevDEK: k.oldID})
+			if err != nil || created || again.ID != job.ID {
+				t.Fatalf("second CreateJob: %+v %v %v", again, created, err)
+			}
+			other := spec
+			other.Columns = []string{"email"}
+			ot, _ := db.Table(t.Context(), other)
+			if _, err := ot.OpenJob(t.Context()); !errors.Is(err, core.ErrFailedPrecondition) {
+				t.Fatalf("job on other columns: %v", err)
+			}
+			if err := job.SetTarget(t.Context(), k.newID); err != nil {
+				t.Fatal(err)
+			}
+			if err := job.SetTarget(t.Context(), k.newID); err != nil {
+				t.Fatalf("SetTarget again: %v", err)
+			}
+			if err := job.SetTarget(t.Context(), 77); !errors.Is(err, core.ErrConflict) {
+				t.Fatalf("SetTarget other: %v", err)
+			}
+			c, err := job.Counts(t.Context())
+			if err != nil || c.Total != 3 || c.Pending != 3 {
+				t.Fatalf("counts %+v %v", c, err)
+			}
+
+			// Dry run and verify before.
+			dry, _ := core.NewReencrypter(core.ReencryptOptions{AD: k.ad.Func(), DryRun: true, DryRunTarget: k.newID})
+			st, err := dry.Run(t.Context(), tbl.Reader(), core.Cursor{}, nil)
+			if err != nil || st.ByDEK["email"][k.oldID] != 1000 || st.ByDEK["name"][k.oldID] != 800 {
+				t.Fatalf("dry run %+v %v", st, err)
+			}
+
+			// A run interrupted after 3 batches, then resumed by the same owner.
+			ctx, cancel := context.WithCancel(t.Context())
+			batches := 0
+			r, _ := core.NewReencrypter(core.ReencryptOptions{Cipher: k.newFC, AD: k.ad.Func(), Batch: 64,
+				Progress: func(*core.ReencryptStats, core.Cursor) {
+					if batches++; batches == 3 {
+						cancel()
+					}
+				}})
+			_, err = job.Process(ctx, r, sqltable.ProcessOptions{Owner: "single"}, nil)
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("interrupted: %v", err)
+			}
+			v, _ := core.Verify(t.Context(), tbl.Reader(), 100, nil)
+			if v.ByDEK["email"][k.newID] != 192 {
+				t.Fatalf("after 3 batches of 64: %v", v.ByDEK)
+			}
+			checkAll(t, db, k, plain, 0)
+			r, _ = core.NewReencrypter(core.ReencryptOptions{Cipher: k.newFC, AD: k.ad.Func(), Batch: 64})
+			st, err = job.Process(t.Context(), r, sqltable.ProcessOptions{Owner: "single"}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Rows != 1000-192 || st.Failed != 0 || st.Conflicts != 0 {
+				t.Errorf("resumed stats %+v", st)
+			}
+			checkAll(t, db, k, plain, k.newID)
+			v, _ = core.Verify(t.Context(), tbl.Reader(), 100, nil)
+			if v.OldValues(k.newID) != 0 {
+				t.Fatalf("verify %v", v.ByDEK)
+			}
+			if j, err := tbl.LastJob(t.Context()); err != nil || j.State != sqltable.JobDone || j.TargetDEK != k.newID {
+				t.Fatalf("last job %+v %v", j, err)
+			}
+			if _, err := tbl.OpenJob(t.Context()); !errors.Is(err, sqltable.ErrNoJob) {
+				t.Fatalf("open job after done: %v", err)
+			}
+		})
+	}
+}
+
+// Two workers: one claims a chunk, commits a batch and dies; the other
+// finishes the rest, waits for the lease to expire and takes the dead
+// worker's chunk over from its checkpoint; the dead worker's late batch is
+// refused.
+func TestWorkersLease(t *testing.T) {
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			db := openKind(t, kind)
+			k := newKeys(t, "users")
+			plain := fill(t, db, k, 500)
+			tbl, _ := db.Table(t.Context(), spec)
+			job, _, err := tbl.CreateJob(t.Context(), sqltable.JobOptions{AAD: core.DefaultADFormat, PrevDEK: k.oldID, TargetDEK: k.newID, ChunkKeys: 700})
+			if err != nil {
+				t.Fatal(err)
+			}
+			const lease = 1500 * time.Millisecond
+			dead, err := job.Claim(t.Context(), "worker-a", lease)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dead.Lo != math.MinInt64 {
+				t.Errorf("first chunk starts at %d", dead.Lo)
+			}
+			r, _ := core.NewReencrypter(core.ReencryptOptions{Cipher: k.newFC, AD: k.ad.Func(), Batch: 20})
+			rows, _ := dead.Scan(t.Context(), core.Cursor{}, 20)
+			if _, err := dead.Apply(t.Context(), nil, core.Cursor{Set: true, Key: rows[len(rows)-1].Key}); err != nil {
+				t.Fatal(err)
+			}
+			claimed := map[int]int{}
+			start := time.Now()
+			st, err := job.Process(t.Context(), r, sqltable.ProcessOptions{Owner: "worker-b", Lease: lease, Poll: 100 * time.Millisecond,
+				OnChunk: func(c *sqltable.Chunk) {
+					claimed[c.N]++
+					if c.N == dead.N && (!c.Checkpoint.Set || c.Checkpoint.Key != rows[len(rows)-1].Key) {
+						t.Errorf("taken-over chunk resumes at %v", c.Checkpoint)
+					}
+				}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if claimed[dead.N] != 1 || len(claimed) != 5 {
+				t.Errorf("claimed %v", claimed)
+			}
+			if time.Since(start) < lease/2 {
+				t.Errorf("dead worker's chunk taken over after %v, before its lease expired", time.Since(start))
+			}
+			if st.Rows != 500-20 {
+				t.Errorf("rows %d", st.Rows)
+			}
+			// The dead worker wakes up: its batch is refused, nothing stored.
+			if _, err := dead.Apply(t.Context(), nil, core.Cursor{Set: true, Key: 1 << 40}); !errors.Is(err, core.ErrLeaseLost) {
+				t.Fatalf("late apply: %v", err)
+			}
+			// The first 20 rows of the dead worker's chunk were "checkpointed"
+			// without being re-encrypted (the test skipped them): they are
+			// still old, and found by verify.
+			v, _ := core.Verify(t.Context(), tbl.Reader(), 100, nil)
+			if v.ByDEK["email"][k.oldID] != 20 {
+				t.Fatalf("verify %v", v.ByDEK)
+			}
+			checkAll(t, db, k, plain, 0)
+		})
+	}
+}
+
+// A compare-and-swap against a value that changed is not applied.
+func TestApplyCAS(t *testing.T) {
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			db := openKind(t, kind)
+			k := newKeys(t, "users")
+			fill(t, db, k, 10)
+			tbl, _ := db.Table(t.Context(), spec)
+			job, _, _ := tbl.CreateJob(t.Context(), sqltable.JobOptions{AAD: core.DefaultADFormat, TargetDEK: k.newID})
+			c, err := job.Claim(t.Context(), "x", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows, _ := c.Scan(t.Context(), core.Cursor{}, 2)
+			stale := core.FieldValue{Data: []byte("not what is stored")}
+			fresh := core.FieldValue{Data: []byte("new")}
+			swapped, err := c.Apply(t.Context(), []core.RowUpdate{
+				{Key: rows[0].Key, Set: []core.ColumnUpdate{{Column: 0, Old: stale, New: fresh}}},
+				{Key: rows[1].Key, Set: []core.ColumnUpdate{{Column: 0, Old: rows[1].Values[0], New: fresh}, {Column: 1, Old: stale, New: fresh}}},
+				{Key: rows[1].Key, Set: []core.ColumnUpdate{{Column: 0, Old: rows[1].Values[0], New: fresh}}},
+				{Key: 999999, Set: []core.ColumnUpdate{{Column: 0, Old: rows[1].Values[0], New: fresh}}},
+			}, core.Cursor{Set: true, Key: rows[1].Key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(swapped) != "[false false true false]" {
+				t.Fatalf("swapped %v", swapped)
+			}
+			again, _ := c.Reread(t.Context(), []int64{rows[0].Key, rows[1].Key, 424242})
+			if len(again) != 2 {
+				t.Fatalf("reread %d rows", len(again))
+			}
+			for _, r := range again {
+				if r.Key == rows[1].Key && string(r.Values[0].Data) != "new" {
+					t.Errorf("row 1 not swapped")
+				}
+				if r.Key == rows[0].Key && string(r.Values[0].Data) == "new" {
+					t.Errorf("row 0 overwritten")
+				}
+			}
+		})
+	}
+}
+
+func TestTableChecks(t *testing.T) {
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			db := openKind(t, kind)
+			ddl := []string{
+				`CREATE TABLE t_text_key (k TEXT PRIMARY KEY, v BLOB)`,
+				`CREATE TABLE t_ok (k INTEGER PRIMARY KEY, v BLOB, n INTEGER)`,
+			}
+			if db.Postgres() {
+				ddl = []string{
+					`CREATE TABLE t_text_key (k TEXT PRIMARY KEY, v BYTEA)`,
+					`CREATE TABLE t_ok (k BIGINT PRIMARY KEY, v BYTEA, n INTEGER)`,
+				}
+			}
+			for _, q := range ddl {
+				if _, err := db.SQL().Exec(q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, tc := range []struct {
+				spec sqltable.Spec
+				want error
+			}{
+				{sqltable.Spec{Table: "t_ok", Key: "k", Columns: []string{"v"}}, nil},
+				{sqltable.Spec{Table: "t_text_key", Key: "k", Columns: []string{"v"}}, sqltable.ErrNotInteger},
+				{sqltable.Spec{Table: "nope", Key: "k", Columns: []string{"v"}}, core.ErrMalformed},
+				{sqltable.Spec{Table: "t_ok", Key: "nope", Columns: []string{"v"}}, core.ErrMalformed},
+				{sqltable.Spec{Table: "t_ok", Key: "k", Columns: []string{"nope"}}, core.ErrMalformed},
+				{sqltable.Spec{Table: "t_ok", Key: "k", Columns: []string{"v", "v"}}, core.ErrMalformed},
+				{sqltable.Spec{Table: "t_ok", Key: "k", Columns: []string{"k"}}, core.ErrMalformed},
+				{sqltable.Spec{Table: "t_ok", Key: "k"}, core.ErrMalformed},
+				{sqltable.Spec{Table: `t_ok"; DROP TABLE t_ok; --`, Key: "k", Columns: []string{"v"}}, core.ErrMalformed},
+				{sqltable.Spec{Table: "t_ok", Key: "k", Columns: []string{"v x"}}, core.ErrMalformed},
+			} {
+				_, err := db.Table(t.Context(), tc.spec)
+				if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+					t.Errorf("%+v: %v, want %v", tc.spec, err, tc.want)
+				}
+			}
+			if db.Postgres() {
+				if _, err := db.Table(t.Context(), sqltable.Spec{Table: "t_ok", Key: "k", Columns: []string{"n"}}); !errors.Is(err, core.ErrMalformed) {
+					t.Errorf("integer column accepted as encrypted: %v", err)
+				}
+			}
+			// A non-bytes value in an encrypted column is a clear error.
+			if _, err := db.SQL().Exec(`INSERT INTO t_ok (k, v, n) VALUES (1, NULL, 5)`); err != nil {
+				t.Fatal(err)
+			}
+			if !db.Postgres() {
+				tbl, _ := db.Table(t.Context(), sqltable.Spec{Table: "t_ok", Key: "k", Columns: []string{"n"}})
+				if _, err := core.Verify(t.Context(), tbl.Reader(), 10, nil); !errors.Is(err, core.ErrMalformed) {
+					t.Errorf("integer value: %v", err)
+				}
+			}
+			tbl, _ := db.Table(t.Context(), sqltable.Spec{Table: "t_ok", Key: "k", Columns: []string{"v"}})
+			unlock, err := tbl.LockSingle(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tbl.LockSingle(t.Context()); !errors.Is(err, sqltable.ErrBusy) {
+				t.Errorf("second lock: %v", err)
+			}
+			unlock()
+			unlock2, err := tbl.LockSingle(t.Context())
+			if err != nil {
+				t.Fatalf("lock after unlock: %v", err)
+			}
+			unlock2()
+		})
+	}
+}
