@@ -339,7 +339,9 @@ func (s *Service) Reload(ctx context.Context) error {
 		return err
 	}
 	k := &keys{fields: fields, index: map[string]*IndexKey{}}
+	var desc []string
 	for _, c := range cols {
+		desc = append(desc, fmt.Sprintf("%s:%s:%08x", c.name, c.state, c.dekID))
 		ik, err := unwrapIndexKey(ctx, s.cfg.Ring, iks, c.dekID)
 		if err != nil {
 			for _, o := range k.index {
@@ -354,7 +356,7 @@ func (s *Service) Reload(ctx context.Context) error {
 	}
 	s.keys.Store(k) // the old keys are left to the GC: requests may still use them
 	s.log.Info("keys loaded", "email_keyset", s.cfg.EmailKeyset, "email_primary_dek", fmt.Sprintf("%08x", fields.PrimaryID()),
-		"index_keyset", s.cfg.IndexKeyset, "active_index", k.active, "index_dek", fmt.Sprintf("%08x", k.index[k.active].dekID))
+		"index_keyset", s.cfg.IndexKeyset, "index_columns", strings.Join(desc, ","))
 	return nil
 }
 
