@@ -271,10 +271,10 @@ func TestStoredValueIsCiphertextBoundToItsRow(t *testing.T) {
 		t.Fatalf("email_idx: %d bytes, want 32", len(idx))
 	}
 	fields := s.keys.Load().fields
-	if pt, err := fields.Decrypt(ct, []byte(fmt.Sprintf("users|email|%d", alice))); err != nil || string(pt) != "alice@example.com" {
+	if pt, err := fields.Decrypt(ct, []byte(fmt.Sprintf("users.email:%d", alice))); err != nil || string(pt) != "alice@example.com" {
 		t.Fatalf("decrypt with the row's associated data: %q, %v", pt, err)
 	}
-	for _, ad := range []string{fmt.Sprintf("users|email|%d", bob), fmt.Sprintf("users|name|%d", alice), fmt.Sprintf("accounts|email|%d", alice), ""} {
+	for _, ad := range []string{fmt.Sprintf("users.email:%d", bob), fmt.Sprintf("users.name:%d", alice), fmt.Sprintf("accounts.email:%d", alice), ""} {
 		if _, err := fields.Decrypt(ct, []byte(ad)); !errors.Is(err, core.ErrDecryptFailed) {
 			t.Errorf("decrypt with associated data %q: %v, want ErrDecryptFailed", ad, err)
 		}
