@@ -379,12 +379,12 @@ func unwrapIndexKey(ctx context.Context, ring *core.Keyring, ks *core.Keyset, id
 }
 
 // emailAD is the associated data bound to the ciphertext in users.email of
-// row id: "users.email:<id in decimal>". The table and column names are
-// constant identifiers and the id is decimal, so the encoding is
+// row id: core.FieldAD, "users.email:<id in decimal>". The table and column
+// names are constant identifiers and the id is decimal, so the encoding is
 // unambiguous; a ciphertext moved to another row or column does not
-// decrypt. It is the form of the default associated-data format of the
-// re-encryption being added in issue 7 ("{table}.{column}:{key}").
-func emailAD(id int64) []byte { return fmt.Appendf(nil, "users.email:%d", id) }
+// decrypt. It is core.DefaultADFormat, the format the re-encryption engine
+// uses unless told otherwise.
+func emailAD(id int64) []byte { return core.FieldAD("users", "email", id) }
 
 // User is one stored user, decrypted.
 type User struct {

@@ -271,6 +271,9 @@ func TestStoredValueIsCiphertextBoundToItsRow(t *testing.T) {
 		t.Fatalf("email_idx: %d bytes, want 32", len(idx))
 	}
 	fields := s.keys.Load().fields
+	if !bytes.Equal(emailAD(alice), core.FieldAD("users", "email", alice)) || string(emailAD(42)) != "users.email:42" {
+		t.Fatalf("associated data %q is not core.FieldAD's", emailAD(alice))
+	}
 	if pt, err := fields.Decrypt(ct, []byte(fmt.Sprintf("users.email:%d", alice))); err != nil || string(pt) != "alice@example.com" {
 		t.Fatalf("decrypt with the row's associated data: %q, %v", pt, err)
 	}
