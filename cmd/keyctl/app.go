@@ -140,6 +140,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.wrapCommand(),
 		a.unwrapCommand(),
 		a.rewrapCommand(),
+		a.reencryptCommand(),
 		a.importCommand(),
 		a.inspectCommand(),
 		a.rotateCommand(),

@@ -609,3 +609,28 @@ func WorkerID() string {
 	_, _ = rand.Read(b[:])
 	return fmt.Sprintf("%s:%d:%x", h, os.Getpid(), b)
 }
+
+// Count returns the number of rows of the table.
+func (t *Table) Count(ctx context.Context) (int64, error) {
+	var n int64
+	if err := t.db.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+quote(t.spec.Table)).Scan(&n); err != nil {
+		return 0, fmt.Errorf("%s: table %s: %w", t.db.where, t.spec.Table, err)
+	}
+	return n, nil
+}
+
+// RowsDone returns the number of rows of the table that the job has
+// committed: those in done chunks, and those up to the checkpoint of
+// running ones. It is for progress reports.
+func (j *Job) RowsDone(ctx context.Context) (int64, error) {
+	t := j.t
+	k := "x." + quote(t.spec.Key)
+	var n int64
+	err := t.db.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+quote(t.spec.Table)+` x JOIN keyctl_reencrypt_chunks c
+		ON c.job_id = `+t.db.ph(1)+` AND ((c.state = 'done' AND `+k+` BETWEEN c.lo AND c.hi)
+		OR (c.state <> 'done' AND c.checkpoint IS NOT NULL AND `+k+` BETWEEN c.lo AND c.checkpoint))`, j.ID).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("%s: job %d: %w", t.db.where, j.ID, err)
+	}
+	return n, nil
+}
