@@ -323,7 +323,7 @@ func (a *app) checkRetire(provName, v string, state localfile.VersionState, yes,
 			msg += fmt.Sprintf("; %d more would lose one of several wraps", dep.Shared)
 		}
 		return dep, withHint(usagef("%s", msg),
-			fmt.Sprintf("rewrap first (keyctl rewrap --keyset moves all %d onto the current version; keyctl kek usage shows what is left), or pass --force-unreadable if that loss is intended", dep.Only))
+			"rewrap first (keyctl rewrap --keyset moves every DEK onto the current version; keyctl kek usage shows what is left), or pass --force-unreadable if that loss is intended")
 	}
 	if dep.Only > 0 {
 		fmt.Fprintf(a.stderr, "keyctl: warning: %s KEK version %s (--force-unreadable): %d DEK(s) of keyset %s, and every value encrypted under them, %s: %s\n",

@@ -172,7 +172,8 @@ type kekDependents struct {
 	// Only counts the DEKs that have no readable wrap but under the
 	// version: without it they become unreadable.
 	Only int
-	// OnlyIDs are the first maxListedDEKs of them, in id order.
+	// OnlyIDs are the first maxListedDEKs of them, in the store's order
+	// (id order for a SQL store, creation order for a file).
 	OnlyIDs []uint32
 	// Shared counts the DEKs with a wrap under the version and another
 	// one that still unwraps: they lose one of several wraps.
