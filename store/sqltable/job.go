@@ -561,14 +561,18 @@ func (j *Job) Process(ctx context.Context, r *core.Reencrypter, o ProcessOptions
 	}
 }
 
+// lockWait is how long LockSingle waits for the lock.
+var lockWait = 5 * time.Second
+
 // LockSingle takes the single-process lock of t's table: a session
-// advisory lock in PostgreSQL (released if the process dies), a lock file
-// next to the database in SQLite. It fails at once with ErrBusy when
-// another process holds it.
+// advisory lock in PostgreSQL (released when the process's connection
+// closes, also when it is killed), a lock file next to the database in
+// SQLite (released by the kernel when the process dies). It waits up to a
+// few seconds, then fails with ErrBusy while another process holds it.
 func (t *Table) LockSingle(ctx context.Context) (unlock func(), err error) {
 	db := t.db
 	if db.d == sqlite {
-		lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		lctx, cancel := context.WithTimeout(ctx, lockWait)
 		defer cancel()
 		unlock, err := store.LockFile(lctx, db.path+".keyctl-reencrypt-"+t.spec.Table+".lock")
 		if err != nil {
@@ -586,14 +590,28 @@ func (t *Table) LockSingle(ctx context.Context) (unlock func(), err error) {
 	h := fnv.New64a()
 	h.Write([]byte("keyctl-reencrypt:" + t.spec.Table))
 	key := int64(h.Sum64())
-	var ok bool
-	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&ok); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("%s: lock: %w", db.where, err)
-	}
-	if !ok {
-		conn.Close()
-		return nil, fmt.Errorf("%s: table %s: %w", db.where, t.spec.Table, ErrBusy)
+	// A process that was killed holds the lock until its server backend
+	// notices the closed connection, a moment later: wait a little.
+	deadline := time.Now().Add(lockWait)
+	for {
+		var ok bool
+		if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&ok); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("%s: lock: %w", db.where, err)
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			conn.Close()
+			return nil, fmt.Errorf("%s: table %s: %w", db.where, t.spec.Table, ErrBusy)
+		}
+		select {
+		case <-ctx.Done():
+			conn.Close()
+			return nil, fmt.Errorf("%s: lock: %w", db.where, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	return func() {
 		_, _ = conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock($1)`, key)

@@ -412,6 +412,7 @@ func TestTableChecks(t *testing.T) {
 				}
 			}
 			tbl, _ := db.Table(t.Context(), sqltable.Spec{Table: "t_ok", Key: "k", Columns: []string{"v"}})
+			defer sqltable.SetLockWait(200 * time.Millisecond)()
 			unlock, err := tbl.LockSingle(t.Context())
 			if err != nil {
 				t.Fatal(err)
