@@ -155,7 +155,7 @@ failed, 2 if every failure was an input error, 1 otherwise.`,
 	fl.StringArrayVar(&f.drop, "drop", nil, "remove the wraps of provider `NAME` or TYPE:KEY-ID (repeatable)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "with --keyset: count what would change, per KEK version; use no key, write nothing")
 	fl.IntVar(&f.workers, "workers", 16, "keys rewrapped at once when they cannot be batched in one provider call")
-	fl.IntVar(&f.batch, "batch", 0, "with --keyset: DEKs per store transaction (default 1024; 16384 for a keyset file)")
+	fl.IntVar(&f.batch, "batch", 0, "with --keyset: DEKs per store transaction (default 4096; 16384 for a keyset file)")
 	fl.StringVar(&f.progress, "progress", "auto", "with --keyset: auto, bar, log or none")
 	fl.DurationVar(&f.interval, "progress-interval", 10*time.Second, "with --keyset: time between progress log lines")
 	return c
@@ -352,9 +352,9 @@ func (a *app) rewrapKeyset(rw *core.Rewrapper, f rewrapFlags, sum *rewrapSummary
 	}
 	batch := f.batch
 	if batch == 0 {
-		batch = 1024
+		batch = 4096 // one SQL transaction (and fsync) per batch
 		if cfg.Keyset.Kind() == "file" {
-			batch = 16384 // each transaction rewrites the file
+			batch = 16384 // each transaction rewrites the whole file
 		}
 	}
 	pr, err := a.newProgress(f.progress, "rewrap", "DEKs", total, f.interval)

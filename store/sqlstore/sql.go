@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -63,7 +65,10 @@ func OpenSQLite(ctx context.Context, path string, o Options) (*SQLStore, error) 
 	if path == "" || strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("keyset store sqlite: path %q: %w", path, core.ErrMalformed)
 	}
-	dsn := "file:" + path + "?_txlock=immediate&_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)"
+	if err := checkSQLiteFile(path); err != nil {
+		return nil, err
+	}
+	dsn := "file:" + path + "?_txlock=immediate&_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=cache_size(-65536)"
 	// Several processes opening a new database at once can see
 	// SQLITE_BUSY without the busy timeout applying (the switch to WAL
 	// needs an exclusive lock): try again, for as long as the busy timeout.
@@ -85,6 +90,29 @@ func OpenSQLite(ctx context.Context, path string, o Options) (*SQLStore, error) 
 		}
 		delay = min(2*delay, 250*time.Millisecond)
 	}
+}
+
+// checkSQLiteFile creates a missing database file with mode 0600 (SQLite
+// gives its -wal and -shm files the same mode) and refuses one that group or
+// others can write: whoever can write the keyset can swap a DEK's wrap for
+// one of a DEK they know, or delete DEKs. The file store refuses the same.
+func checkSQLiteFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("keyset store sqlite %s: %w", path, err)
+	}
+	fi, err := f.Stat()
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("keyset store sqlite %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("keyset store sqlite %s: not a regular file", path)
+	}
+	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("keyset store sqlite %s has mode %04o: it is writable by group or others (chmod 600): %w", path, fi.Mode().Perm(), core.ErrPermission)
+	}
+	return nil
 }
 
 // sqliteBusy reports whether err is SQLite's "database is locked".

@@ -193,3 +193,30 @@ func TestPostgres(t *testing.T) {
 		}
 	})
 }
+
+func TestSQLiteFileMode(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "new.db")
+	s, err := sqlstore.OpenSQLite(ctx, path, sqlstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("new database mode %04o, want 0600", fi.Mode().Perm())
+	}
+	if err := os.Chmod(path, 0o664); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sqlstore.OpenSQLite(ctx, path, sqlstore.Options{}); !errors.Is(err, core.ErrPermission) {
+		t.Errorf("group-writable database: %v, want ErrPermission", err)
+	}
+	if _, err := sqlstore.OpenSQLite(ctx, dir, sqlstore.Options{}); err == nil {
+		t.Error("a directory opened as a database")
+	}
+}
