@@ -436,15 +436,32 @@ func TestReencryptWorkersKill(t *testing.T) {
 	time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
 	_ = syscall.Kill(-a.Process.Pid, syscall.SIGKILL)
 	_ = a.Wait()
-	var held int
-	_ = e.db.SQL().QueryRow(`SELECT COUNT(*) FROM keyctl_reencrypt_chunks WHERE state = 'running'`).Scan(&held)
-	t.Logf("worker A killed after %v; %d chunk(s) running", time.Since(start), held)
+	killed := time.Now()
+	// The chunks the dead worker held (lease owner host:PID:random).
+	var held []int
+	rs, err := e.db.SQL().Query(`SELECT chunk FROM keyctl_reencrypt_chunks WHERE state = 'running' AND lease_owner LIKE $1`, fmt.Sprintf("%%:%d:%%", a.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var c int
+		_ = rs.Scan(&c)
+		held = append(held, c)
+	}
+	rs.Close()
+	t.Logf("worker A killed after %v holding chunk(s) %v", killed.Sub(start), held)
+	if len(held) == 0 {
+		t.Errorf("worker A held no chunk when killed")
+	}
 	if err := b.Wait(); err != nil {
 		t.Fatalf("worker B: %v\n%s\nA:\n%s", err, outB, outA)
 	}
 	t.Logf("worker B done after %v:\n%s", time.Since(start), outB)
 	stop()
 	wg.Wait()
+	if d := time.Since(killed); len(held) > 0 && d < time.Second {
+		t.Errorf("worker B finished %v after the kill, before the dead worker's 2s lease could expire", d)
+	}
 	var notDone int
 	_ = e.db.SQL().QueryRow(`SELECT COUNT(*) FROM keyctl_reencrypt_chunks WHERE state <> 'done'`).Scan(&notDone)
 	if notDone != 0 {

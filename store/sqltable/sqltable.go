@@ -122,12 +122,14 @@ func sqliteBusy(err error) bool {
 // core.ValidIdentifier (so it holds no quote).
 func quote(name string) string { return `"` + name + `"` }
 
-// ph returns placeholder i (1-based).
+// ph returns placeholder i (1-based). SQLite gets anonymous "?" (binding
+// numbered ones costs a name lookup per parameter in modernc.org/sqlite),
+// so every query must use its placeholders once each, in order.
 func (db *DB) ph(i int) string {
 	if db.d == postgres {
 		return "$" + strconv.Itoa(i)
 	}
-	return "?" + strconv.Itoa(i)
+	return "?"
 }
 
 // Spec names what to re-encrypt.
@@ -188,7 +190,7 @@ func (db *DB) Table(ctx context.Context, spec Spec) (*Table, error) {
 	types := map[string]string{}
 	switch db.d {
 	case sqlite:
-		rows, err := db.db.QueryContext(ctx, `SELECT name, type FROM pragma_table_info(?1)`, spec.Table)
+		rows, err := db.db.QueryContext(ctx, `SELECT name, type FROM pragma_table_info(?)`, spec.Table)
 		if err != nil {
 			return nil, fmt.Errorf("%s: table %s: %w", db.where, spec.Table, err)
 		}
@@ -303,7 +305,7 @@ func (t *Table) scanRows(rows *sql.Rows, out []core.ReencryptRow) ([]core.Reencr
 			case nil:
 				r.Values[i].Null = true
 			case []byte:
-				r.Values[i].Data = append([]byte(nil), v...)
+				r.Values[i].Data = v // database/sql gives *any a copy
 			case string:
 				r.Values[i] = core.FieldValue{Text: true, Data: []byte(v)}
 			default:
@@ -379,7 +381,7 @@ func arg(v core.FieldValue) any {
 // conditional UPDATE per row (prepared once per set of changed columns).
 func (t *Table) applyUpdates(ctx context.Context, tx *sql.Tx, updates []core.RowUpdate) ([]bool, error) {
 	out := make([]bool, len(updates))
-	stmts := map[string]*sql.Stmt{}
+	stmts := map[uint32]*sql.Stmt{} // by the set of changed columns (at most 32)
 	defer func() {
 		for _, s := range stmts {
 			s.Close()
@@ -387,12 +389,11 @@ func (t *Table) applyUpdates(ctx context.Context, tx *sql.Tx, updates []core.Row
 	}()
 	var args []any
 	for i, u := range updates {
-		var sig strings.Builder
+		var sig uint32
 		for _, s := range u.Set {
-			sig.WriteString(strconv.Itoa(s.Column))
-			sig.WriteByte(',')
+			sig |= 1 << uint(s.Column)
 		}
-		st := stmts[sig.String()]
+		st := stmts[sig]
 		if st == nil {
 			var set, where []string
 			n := 1
@@ -411,7 +412,7 @@ func (t *Table) applyUpdates(ctx context.Context, tx *sql.Tx, updates []core.Row
 			if st, err = tx.PrepareContext(ctx, q); err != nil {
 				return nil, fmt.Errorf("%s: table %s: %w", t.db.where, t.spec.Table, err)
 			}
-			stmts[sig.String()] = st
+			stmts[sig] = st
 		}
 		args = args[:0]
 		for _, s := range u.Set {

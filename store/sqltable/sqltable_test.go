@@ -44,6 +44,7 @@ var kinds = []string{"sqlite", "postgres"}
 // new (primary of newFC, which also opens old).
 type keys struct {
 	oldFC, newFC *core.FieldCipher
+	back         *core.FieldCipher // both DEKs, old primary
 	oldID, newID uint32
 	ad           *core.ADTemplate
 }
@@ -58,6 +59,9 @@ func newKeys(t testing.TB, table string) *keys {
 		t.Fatal(err)
 	}
 	if k.newFC, err = core.NewFieldCipher(k.newID, map[uint32]core.DEK{k.oldID: a, k.newID: b}); err != nil {
+		t.Fatal(err)
+	}
+	if k.back, err = core.NewFieldCipher(k.oldID, map[uint32]core.DEK{k.oldID: a, k.newID: b}); err != nil {
 		t.Fatal(err)
 	}
 	if k.ad, err = core.ParseADTemplate(core.DefaultADFormat, table); err != nil {
