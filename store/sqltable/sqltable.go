@@ -377,9 +377,13 @@ func arg(v core.FieldValue) any {
 	return v.Data
 }
 
-// applyUpdates runs the compare-and-swaps of updates in tx: one
-// conditional UPDATE per row (prepared once per set of changed columns).
+// applyUpdates runs the compare-and-swaps of updates in tx: in SQLite one
+// conditional UPDATE per row (prepared once per set of changed columns), in
+// PostgreSQL one UPDATE ... FROM unnest(...) per set of changed columns.
 func (t *Table) applyUpdates(ctx context.Context, tx *sql.Tx, updates []core.RowUpdate) ([]bool, error) {
+	if t.db.d == postgres {
+		return t.applyUpdatesPG(ctx, tx, updates)
+	}
 	out := make([]bool, len(updates))
 	stmts := map[uint32]*sql.Stmt{} // by the set of changed columns (at most 32)
 	defer func() {
@@ -450,4 +454,87 @@ func (r reader) Reread(ctx context.Context, keys []int64) ([]core.ReencryptRow, 
 }
 func (r reader) Apply(context.Context, []core.RowUpdate, core.Cursor) ([]bool, error) {
 	return nil, errors.New("sqltable: the table reader is read-only")
+}
+
+// applyUpdatesPG swaps every row of a set of changed columns with one
+// statement:
+//
+//	UPDATE t SET c = v.n0 FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS v(k, n0, o0)
+//	 WHERE t.key = v.k AND t.c = v.o0 RETURNING t.key
+//
+// The rows it returns are the ones whose compare-and-swap matched.
+func (t *Table) applyUpdatesPG(ctx context.Context, tx *sql.Tx, updates []core.RowUpdate) ([]bool, error) {
+	out := make([]bool, len(updates))
+	groups := map[uint32][]int{}
+	var order []uint32
+	for i, u := range updates {
+		var sig uint32
+		for _, s := range u.Set {
+			sig |= 1 << uint(s.Column)
+		}
+		if _, ok := groups[sig]; !ok {
+			order = append(order, sig)
+		}
+		groups[sig] = append(groups[sig], i)
+	}
+	for _, sig := range order {
+		idx := groups[sig]
+		first := updates[idx[0]]
+		keys := make([]int64, len(idx))
+		pos := make(map[int64]int, len(idx))
+		args := []any{keys}
+		var set, where, unnest, names []string
+		unnest = append(unnest, "$1::bigint[]")
+		names = append(names, "k")
+		where = append(where, "t."+quote(t.spec.Key)+" = v.k")
+		for j, s := range first.Set {
+			col := t.spec.Columns[s.Column]
+			ty := t.pgType[s.Column]
+			var nv, ov any
+			if ty == "text" {
+				n, o := make([]string, len(idx)), make([]string, len(idx))
+				for r, i := range idx {
+					n[r], o[r] = string(updates[i].Set[j].New.Data), string(updates[i].Set[j].Old.Data)
+				}
+				nv, ov = n, o
+			} else {
+				n, o := make([][]byte, len(idx)), make([][]byte, len(idx))
+				for r, i := range idx {
+					n[r], o[r] = updates[i].Set[j].New.Data, updates[i].Set[j].Old.Data
+				}
+				nv, ov = n, o
+			}
+			args = append(args, nv, ov)
+			unnest = append(unnest, fmt.Sprintf("$%d::%s[]", len(args)-1, ty), fmt.Sprintf("$%d::%s[]", len(args), ty))
+			names = append(names, fmt.Sprintf("n%d", j), fmt.Sprintf("o%d", j))
+			set = append(set, fmt.Sprintf("%s = v.n%d", quote(col), j))
+			where = append(where, fmt.Sprintf("t.%s = v.o%d", quote(col), j))
+		}
+		for r, i := range idx {
+			keys[r] = updates[i].Key
+			pos[updates[i].Key] = i
+		}
+		q := "UPDATE " + quote(t.spec.Table) + " AS t SET " + strings.Join(set, ", ") +
+			" FROM unnest(" + strings.Join(unnest, ", ") + ") AS v(" + strings.Join(names, ", ") + ")" +
+			" WHERE " + strings.Join(where, " AND ") + " RETURNING t." + quote(t.spec.Key)
+		rows, err := tx.QueryContext(ctx, q, args...)
+		if err != nil {
+			return nil, fmt.Errorf("%s: table %s: updating %d rows: %w", t.db.where, t.spec.Table, len(idx), err)
+		}
+		for rows.Next() {
+			var k int64
+			if err := rows.Scan(&k); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("%s: table %s: %w", t.db.where, t.spec.Table, err)
+			}
+			if i, ok := pos[k]; ok {
+				out[i] = true
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("%s: table %s: updating %d rows: %w", t.db.where, t.spec.Table, len(idx), err)
+		}
+	}
+	return out, nil
 }
