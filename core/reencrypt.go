@@ -278,11 +278,13 @@ func (r *Reencrypter) Run(ctx context.Context, src ReencryptSource, start Cursor
 			return st, fmt.Errorf("reencrypt: source returned key %d after %s, not in ascending order: %w", next.Key, cur, ErrMalformed)
 		}
 		st.Rows += int64(len(rows))
-		var updates []RowUpdate
+		updates := make([]RowUpdate, 0, len(rows))
+		sets := make([]ColumnUpdate, 0, len(rows)*len(cols)) // one allocation for the batch
 		for i := range rows {
 			var u RowUpdate
-			u, ad = r.plan(&rows[i], cols, st, ad, true)
+			u, ad = r.plan(&rows[i], cols, st, ad, true, sets[len(sets):len(sets):cap(sets)])
 			if len(u.Set) > 0 {
+				sets = sets[:len(sets)+len(u.Set)]
 				updates = append(updates, u)
 			}
 		}
@@ -338,7 +340,7 @@ func (r *Reencrypter) apply(ctx context.Context, src ReencryptSource, cols []str
 		updates = updates[:0]
 		for i := range rows {
 			var u RowUpdate
-			u, *ad = r.plan(&rows[i], cols, st, *ad, false)
+			u, *ad = r.plan(&rows[i], cols, st, *ad, false, nil)
 			if len(u.Set) > 0 {
 				updates = append(updates, u)
 			}
@@ -350,9 +352,10 @@ func (r *Reencrypter) apply(ctx context.Context, src ReencryptSource, cols []str
 }
 
 // plan decides what to do with each value of row. count is false on a
-// retry, so that a value is counted once as current or null.
-func (r *Reencrypter) plan(row *ReencryptRow, cols []string, st *ReencryptStats, ad []byte, count bool) (RowUpdate, []byte) {
-	u := RowUpdate{Key: row.Key}
+// retry, so that a value is counted once as current or null. The swaps are
+// appended to set (which may have room for them).
+func (r *Reencrypter) plan(row *ReencryptRow, cols []string, st *ReencryptStats, ad []byte, count bool, set []ColumnUpdate) (RowUpdate, []byte) {
+	u := RowUpdate{Key: row.Key, Set: set}
 	target := r.Target()
 	for c, v := range row.Values {
 		col := "?"

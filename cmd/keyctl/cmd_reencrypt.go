@@ -89,7 +89,8 @@ on the command line).
 --worker (PostgreSQL only) lets several processes, on one or more machines,
 share one job: the key range is split into chunks that workers claim with
 SELECT ... FOR UPDATE SKIP LOCKED and a lease (--lease); a chunk whose worker
-died is taken over, from its checkpoint, when the lease expires.
+died is taken over, from its checkpoint, when the lease expires. A worker
+that starts after the job onto the current primary is done does nothing.
 
 --aad is the associated-data format: literal text with {table}, {column} and
 {key} (the row key in decimal); default "{table}.{column}:{key}", which gives
@@ -418,6 +419,17 @@ func (a *app) reencryptRun(tbl *sqltable.Table, ks *core.Keyset, f *reencryptFla
 	// 1. Find or create the job; its target DEK is stored before any row
 	// is touched.
 	job, err := tbl.OpenJob(a.ctx)
+	if errors.Is(err, sqltable.ErrNoJob) && f.worker && !f.toPrimary {
+		// A worker that starts after the others finished must not start
+		// a second rotation.
+		if last, lerr := tbl.LastJob(a.ctx); lerr == nil && last.TargetDEK == primary.ID {
+			res.Job = last.ID
+			res.TargetDEK = fmt.Sprintf("%08x", last.TargetDEK)
+			res.Stats = &core.ReencryptStats{}
+			fmt.Fprintf(a.stderr, "keyctl: reencrypt: job %d onto the primary DEK %08x is already done; nothing to do\n", last.ID, last.TargetDEK)
+			return nil
+		}
+	}
 	if errors.Is(err, sqltable.ErrNoJob) {
 		o := sqltable.JobOptions{AAD: f.aad, PrevDEK: primary.ID, ChunkKeys: f.chunkKeys}
 		if o.AAD == "" {

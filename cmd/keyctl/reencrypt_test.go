@@ -467,6 +467,11 @@ func TestReencryptWorkersKill(t *testing.T) {
 	if notDone != 0 {
 		t.Errorf("%d chunk(s) not done", notDone)
 	}
+	// A worker that starts after the job is done starts no new rotation.
+	late, outLate := reKeyctlCmd(e, args...)
+	if err := late.Run(); err != nil || !strings.Contains(outLate.String(), "already done; nothing to do") {
+		t.Errorf("late worker: %v\n%s", err, outLate)
+	}
 	sweep := append([]string{"reencrypt", "--table", "users", "--key", "id", "--column", "email", "--progress", "none", "--to-primary"}, e.dbArgs...)
 	cmd, out := reKeyctlCmd(e, sweep...)
 	if err := cmd.Run(); err != nil {

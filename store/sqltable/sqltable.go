@@ -295,11 +295,16 @@ func (t *Table) scanRows(rows *sql.Rows, out []core.ReencryptRow) ([]core.Reencr
 	for i := range vals {
 		dest[i+1] = &vals[i]
 	}
+	var slab []core.FieldValue // the rows' values, allocated in blocks
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("%s: table %s: %w", t.db.where, t.spec.Table, err)
 		}
-		r := core.ReencryptRow{Key: key, Values: make([]core.FieldValue, n)}
+		if len(slab) < n {
+			slab = make([]core.FieldValue, n*max(cap(out)-len(out), 1))
+		}
+		r := core.ReencryptRow{Key: key, Values: slab[:n:n]}
+		slab = slab[n:]
 		for i, v := range vals {
 			switch v := v.(type) {
 			case nil:
