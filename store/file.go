@@ -1,14 +1,18 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/keyctl/keyctl/core"
@@ -24,6 +28,20 @@ import (
 // beyond a few thousand).
 type FileStore struct {
 	path string
+
+	mu    sync.Mutex
+	cache entriesCache // the last file Entries parsed, sorted by id
+}
+
+// entriesCache keeps the parsed entries of one version of the file, so that
+// the pages of a bulk pass do not each parse the whole file again. A version
+// is told by the file's identity, size and times: every write renames a new
+// file into place. A stale page is harmless (a swap against it is a
+// compare-and-swap that fails with core.ErrConflict), so this is an
+// optimisation, not a source of truth.
+type entriesCache struct {
+	fi     os.FileInfo
+	sorted []core.KeysetEntry
 }
 
 var _ core.KeysetStore = (*FileStore)(nil)
@@ -109,20 +127,70 @@ func (s *FileStore) Update(ctx context.Context, fn func(*core.Keyset) error) err
 
 // Entries returns a page of entries in ascending id order.
 func (s *FileStore) Entries(ctx context.Context, after uint32, limit int) ([]core.KeysetEntry, error) {
-	ks, err := s.Load(ctx)
+	sorted, err := s.sortedEntries(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return page(ks, after, limit), nil
+	i, _ := slices.BinarySearchFunc(sorted, after+1, func(e core.KeysetEntry, id uint32) int {
+		return cmp.Compare(e.ID, id)
+	})
+	if after == math.MaxUint32 {
+		i = len(sorted)
+	}
+	rest := sorted[i:]
+	if limit > 0 && len(rest) > limit {
+		rest = rest[:limit]
+	}
+	out := make([]core.KeysetEntry, len(rest))
+	for j, e := range rest {
+		e.Wrapped = e.Wrapped.Clone()
+		out[j] = e
+	}
+	return out, nil
+}
+
+// sortedEntries returns the file's entries by ascending id, parsing the file
+// only when it changed since the last call.
+func (s *FileStore) sortedEntries(ctx context.Context) ([]core.KeysetEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	fi, statErr := os.Stat(s.path)
+	s.mu.Lock()
+	if statErr == nil && s.cache.fi != nil && sameVersion(s.cache.fi, fi) {
+		sorted := s.cache.sorted
+		s.mu.Unlock()
+		return sorted, nil
+	}
+	s.mu.Unlock()
+	ks, err := s.read()
+	if err != nil {
+		return nil, err
+	}
+	sorted := slices.Clone(ks.DEKs)
+	slices.SortFunc(sorted, func(a, b core.KeysetEntry) int { return cmp.Compare(a.ID, b.ID) })
+	if statErr == nil {
+		if fi2, err := os.Stat(s.path); err == nil && sameVersion(fi, fi2) {
+			s.mu.Lock()
+			s.cache = entriesCache{fi: fi, sorted: sorted}
+			s.mu.Unlock()
+		}
+	}
+	return sorted, nil
+}
+
+// sameVersion reports whether a and b describe the same version of a file.
+func sameVersion(a, b os.FileInfo) bool {
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime()) && changeTime(a) == changeTime(b)
 }
 
 // CountEntries returns the number of DEKs in the file (core.EntryCounter).
 func (s *FileStore) CountEntries(ctx context.Context) (int, error) {
-	ks, err := s.Load(ctx)
+	sorted, err := s.sortedEntries(ctx)
 	if err != nil {
 		return 0, err
 	}
-	return len(ks.DEKs), nil
+	return len(sorted), nil
 }
 
 // SwapWrapped replaces DEK id's wrapped key if it still equals prev.
@@ -138,9 +206,18 @@ func (s *FileStore) SwapAll(ctx context.Context, swaps []core.WrappedSwap) ([]er
 	var results []error
 	err := s.Update(ctx, func(ks *core.Keyset) error {
 		results = make([]error, len(swaps))
+		byID := make(map[uint32]*core.KeysetEntry, len(ks.DEKs))
+		for i := range ks.DEKs {
+			byID[ks.DEKs[i].ID] = &ks.DEKs[i]
+		}
 		ok := 0
 		for i, w := range swaps {
-			if results[i] = swapInKeyset(ks, w.ID, w.Prev, w.Next); results[i] == nil {
+			e, found := byID[w.ID]
+			if !found {
+				results[i] = fmt.Errorf("keyset: no DEK %08x: %w", w.ID, core.ErrKeyNotFound)
+				continue
+			}
+			if results[i] = swapEntry(e, w.Prev, w.Next); results[i] == nil {
 				ok++
 			}
 		}
@@ -164,6 +241,13 @@ func (s *FileStore) write(ks *core.Keyset) error {
 		return fmt.Errorf("keyset file %s: %w", s.path, err)
 	}
 	dir := filepath.Dir(s.path)
+	// write runs under the file's lock, so a temporary file of an earlier
+	// write is left over from a process that died mid-write: remove it.
+	if stale, err := filepath.Glob(filepath.Join(dir, "."+globEscape(filepath.Base(s.path))+".tmp-*")); err == nil {
+		for _, f := range stale {
+			_ = os.Remove(f)
+		}
+	}
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(s.path)+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("keyset file %s: %w", s.path, err)
@@ -205,39 +289,34 @@ func (s *FileStore) write(ks *core.Keyset) error {
 	return nil
 }
 
-// page returns up to limit entries of ks with id > after, by ascending id.
-func page(ks *core.Keyset, after uint32, limit int) []core.KeysetEntry {
-	var out []core.KeysetEntry
-	for _, e := range ks.DEKs {
-		if e.ID > after {
-			out = append(out, e)
+// globEscape quotes the pattern characters of a file name for filepath.Glob.
+func globEscape(name string) string {
+	var b strings.Builder
+	for _, c := range name {
+		if strings.ContainsRune(`*?[\\`, c) {
+			b.WriteByte('\\')
 		}
+		b.WriteRune(c)
 	}
-	slices.SortFunc(out, func(a, b core.KeysetEntry) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
-	if limit > 0 && len(out) > limit {
-		out = out[:limit]
-	}
-	return out
+	return b.String()
 }
 
 func swapInKeyset(ks *core.Keyset, id uint32, prev, next *core.WrappedKey) error {
+	e, err := ks.Entry(id)
+	if err != nil {
+		return err
+	}
+	return swapEntry(e, prev, next)
+}
+
+// swapEntry replaces e's wrapped key with next if it still equals prev.
+func swapEntry(e *core.KeysetEntry, prev, next *core.WrappedKey) error {
+	id := e.ID
 	if next == nil {
 		return fmt.Errorf("keyset: DEK %08x: no new wrapped key: %w", id, core.ErrMalformed)
 	}
 	if err := next.Validate(); err != nil {
 		return fmt.Errorf("keyset: DEK %08x: new wrapped key: %w", id, err)
-	}
-	e, err := ks.Entry(id)
-	if err != nil {
-		return err
 	}
 	if !core.SameWrappedKey(e.Wrapped, prev) {
 		return fmt.Errorf("keyset: DEK %08x: its wrapped key is no longer the one read: %w", id, core.ErrConflict)

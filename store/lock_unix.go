@@ -55,3 +55,11 @@ func LockFile(ctx context.Context, path string) (unlock func(), err error) {
 		delay = min(2*delay, 20*time.Millisecond)
 	}
 }
+
+// changeTime returns fi's inode change time in nanoseconds (0 if unknown).
+func changeTime(fi os.FileInfo) int64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ctim.Sec*1e9 + st.Ctim.Nsec
+	}
+	return 0
+}

@@ -1,14 +1,17 @@
 package store_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/keyctl/keyctl/core"
+	"github.com/keyctl/keyctl/providers/localfile"
 	"github.com/keyctl/keyctl/store"
 	"github.com/keyctl/keyctl/store/storetest"
 )
@@ -111,4 +114,89 @@ func TestFileStoreModes(t *testing.T) {
 	if err := s.Update(t.Context(), add); !errors.Is(err, core.ErrPermission) {
 		t.Fatalf("Update of group-writable keyset: %v, want ErrPermission", err)
 	}
+}
+
+// TestFileStoreStaleTempRemoved: a temporary file left by a process killed
+// mid-write is removed by the next write (which holds the lock).
+func TestFileStoreStaleTempRemoved(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keyset.json")
+	s, err := store.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(dir, ".keyset.json.tmp-12345")
+	other := filepath.Join(dir, ".other.json.tmp-1")
+	for _, f := range []string{stale, other} {
+		if err := os.WriteFile(f, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Update(ctx, func(ks *core.Keyset) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale temporary file still there: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another file's temporary file was removed: %v", err)
+	}
+}
+
+// TestFileStoreEntriesSeeChanges: pages come from a cache of the parsed
+// file, which must follow every change, also one made by another store.
+func TestFileStoreEntriesSeeChanges(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "keyset.json")
+	a, _ := store.OpenFile(path)
+	b, _ := store.OpenFile(path)
+	ring := newRing(t)
+	for round := 1; round <= 3; round++ {
+		if err := b.Update(ctx, func(ks *core.Keyset) error {
+			_, err := ks.AddDEK(ctx, ring, time.Now())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		page, err := a.Entries(ctx, 0, 100)
+		if err != nil || len(page) != round {
+			t.Fatalf("round %d: %d entries, %v", round, len(page), err)
+		}
+		for i := 1; i < len(page); i++ {
+			if page[i-1].ID >= page[i].ID {
+				t.Fatal("entries not in ascending id order")
+			}
+		}
+		if n, err := a.CountEntries(ctx); err != nil || n != round {
+			t.Fatalf("count %d, %v", n, err)
+		}
+		// Pages after the last id, and after the largest id, are empty.
+		if p, _ := a.Entries(ctx, page[len(page)-1].ID, 10); len(p) != 0 {
+			t.Fatalf("page after the last id: %d entries", len(p))
+		}
+		if p, _ := a.Entries(ctx, ^uint32(0), 10); len(p) != 0 {
+			t.Fatal("page after MaxUint32 not empty")
+		}
+		// A caller changing a returned entry does not change the cache.
+		page[0].Wrapped.Stanzas[0].KeyVersion = "tampered"
+		again, _ := a.Entries(ctx, 0, 1)
+		if again[0].Wrapped.Stanzas[0].KeyVersion == "tampered" {
+			t.Fatal("Entries returned the cache's own wrapped key")
+		}
+	}
+}
+
+func newRing(t *testing.T) *core.Keyring {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kek.json")
+	p, err := localfile.Create(path, localfile.CreateOptions{KeyID: "store-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring, err := core.NewKeyring(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ring
 }
