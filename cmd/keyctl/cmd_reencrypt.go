@@ -41,20 +41,19 @@ type reencryptDEKCount struct {
 
 // reencryptResult is the JSON (and summary) of a run.
 type reencryptResult struct {
-	Mode        string                  `json:"mode"` // run, worker, dry-run, verify
-	Database    string                  `json:"database"`
-	Table       string                  `json:"table"`
-	Columns     []string                `json:"columns"`
-	Job         int64                   `json:"job,omitempty"`
-	TargetDEK   string                  `json:"target_dek,omitempty"`
-	NewDEK      bool                    `json:"new_dek,omitempty"`
-	Stats       *core.ReencryptStats    `json:"stats,omitempty"`
-	Verify      []reencryptDEKCount     `json:"verify,omitempty"`
-	WouldChange []reencryptDEKCount     `json:"would_reencrypt,omitempty"`
-	OldValues   int64                   `json:"old_values"`
-	Retired     []string                `json:"retired,omitempty"`
-	Failures    []core.ReencryptFailure `json:"failures,omitempty"`
-	Elapsed     string                  `json:"elapsed"`
+	Mode        string               `json:"mode"` // run, worker, dry-run, verify
+	Database    string               `json:"database"`
+	Table       string               `json:"table"`
+	Columns     []string             `json:"columns"`
+	Job         int64                `json:"job,omitempty"`
+	TargetDEK   string               `json:"target_dek,omitempty"`
+	NewDEK      bool                 `json:"new_dek,omitempty"`
+	Stats       *core.ReencryptStats `json:"stats,omitempty"`
+	Verify      []reencryptDEKCount  `json:"verify,omitempty"`
+	WouldChange []reencryptDEKCount  `json:"would_reencrypt,omitempty"`
+	OldValues   int64                `json:"old_values"`
+	Retired     []string             `json:"retired,omitempty"`
+	Elapsed     string               `json:"elapsed"`
 }
 
 const reencryptLong = `Re-encrypt the encrypted columns of a database table under a new DEK (DEK
@@ -206,10 +205,10 @@ func (a *app) reencrypt(cmd *cobra.Command, f *reencryptFlags) error {
 	}
 	res.Elapsed = time.Since(start).Round(time.Millisecond).String()
 	if res.Stats != nil {
-		res.Failures = res.Stats.Failures
-		for i, fl := range res.Failures {
+		fails := res.Stats.Failures
+		for i, fl := range fails {
 			if i >= f.maxFailuresPrinted {
-				fmt.Fprintf(a.stderr, "keyctl: reencrypt: %d more failure(s) not shown\n", len(res.Failures)-i)
+				fmt.Fprintf(a.stderr, "keyctl: reencrypt: %d more failure(s) not shown\n", len(fails)-i)
 				break
 			}
 			fmt.Fprintf(a.stderr, "keyctl: reencrypt: row %d column %s: %s\n", fl.Key, fl.Column, oneLine(fl.Reason))

@@ -574,7 +574,7 @@ func (t *Table) LockSingle(ctx context.Context) (unlock func(), err error) {
 	if db.d == sqlite {
 		lctx, cancel := context.WithTimeout(ctx, lockWait)
 		defer cancel()
-		unlock, err := store.LockFile(lctx, db.path+".keyctl-reencrypt-"+t.spec.Table+".lock")
+		unlock, err := store.LockFile(lctx, db.path+".keyctl-reencrypt-"+t.spec.Table) // + ".lock"
 		if err != nil {
 			if lctx.Err() != nil && ctx.Err() == nil {
 				return nil, fmt.Errorf("%s: table %s: %w", db.where, t.spec.Table, ErrBusy)
@@ -639,14 +639,15 @@ func (t *Table) Count(ctx context.Context) (int64, error) {
 
 // RowsDone returns the number of rows of the table that the job has
 // committed: those in done chunks, and those up to the checkpoint of
-// running ones. It is for progress reports.
+// running ones. It is for progress reports: one index range count per
+// chunk.
 func (j *Job) RowsDone(ctx context.Context) (int64, error) {
 	t := j.t
-	k := "x." + quote(t.spec.Key)
+	k := quote(t.spec.Key)
 	var n int64
-	err := t.db.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+quote(t.spec.Table)+` x JOIN keyctl_reencrypt_chunks c
-		ON c.job_id = `+t.db.ph(1)+` AND ((c.state = 'done' AND `+k+` BETWEEN c.lo AND c.hi)
-		OR (c.state <> 'done' AND c.checkpoint IS NOT NULL AND `+k+` BETWEEN c.lo AND c.checkpoint))`, j.ID).Scan(&n)
+	err := t.db.db.QueryRowContext(ctx, `SELECT COALESCE(SUM((SELECT COUNT(*) FROM `+quote(t.spec.Table)+` x
+		WHERE x.`+k+` >= c.lo AND x.`+k+` <= (CASE WHEN c.state = 'done' THEN c.hi ELSE c.checkpoint END))), 0)
+		FROM keyctl_reencrypt_chunks c WHERE c.job_id = `+t.db.ph(1)+` AND (c.state = 'done' OR c.checkpoint IS NOT NULL)`, j.ID).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("%s: job %d: %w", t.db.where, j.ID, err)
 	}

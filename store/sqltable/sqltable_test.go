@@ -228,6 +228,12 @@ func TestReencryptJob(t *testing.T) {
 			if v.ByDEK["email"][k.newID] != 192 {
 				t.Fatalf("after 3 batches of 64: %v", v.ByDEK)
 			}
+			if n, err := job.RowsDone(t.Context()); err != nil || n != 192 {
+				t.Errorf("RowsDone after 3 batches of 64: %d, %v", n, err)
+			}
+			if n, err := tbl.Count(t.Context()); err != nil || n != 1000 {
+				t.Errorf("Count: %d, %v", n, err)
+			}
 			checkAll(t, db, k, plain, 0)
 			r, _ = core.NewReencrypter(core.ReencryptOptions{Cipher: k.newFC, AD: k.ad.Func(), Batch: 64})
 			st, err = job.Process(t.Context(), r, sqltable.ProcessOptions{Owner: "single"}, nil)
@@ -241,6 +247,9 @@ func TestReencryptJob(t *testing.T) {
 			v, _ = core.Verify(t.Context(), tbl.Reader(), 100, nil)
 			if v.OldValues(k.newID) != 0 {
 				t.Fatalf("verify %v", v.ByDEK)
+			}
+			if n, err := job.RowsDone(t.Context()); err != nil || n != 1000 {
+				t.Errorf("RowsDone at the end: %d, %v", n, err)
 			}
 			if j, err := tbl.LastJob(t.Context()); err != nil || j.State != sqltable.JobDone || j.TargetDEK != k.newID {
 				t.Fatalf("last job %+v %v", j, err)
