@@ -479,3 +479,34 @@ func TestReencryptWorkersKill(t *testing.T) {
 	}
 	e.check(t)
 }
+
+// TestReencryptLarge times one uninterrupted keyctl reencrypt (the
+// command, with its start-up and verify pass) and a --verify pass over
+// KEYCTL_TEST_REENCRYPT_ROWS rows (default 100,000), in SQLite and
+// PostgreSQL. It runs only with KEYCTL_TEST_REENCRYPT_LARGE=1 (the numbers
+// in docs/reencrypt.md).
+func TestReencryptLarge(t *testing.T) {
+	if os.Getenv("KEYCTL_TEST_REENCRYPT_LARGE") != "1" {
+		t.Skip("set KEYCTL_TEST_REENCRYPT_LARGE=1 (and KEYCTL_TEST_REENCRYPT_ROWS=1000000) to time a large run")
+	}
+	for _, kind := range []string{"sqlite", "postgres"} {
+		t.Run(kind, func(t *testing.T) {
+			rows := reRows(t)
+			e := newReEnv(t, kind, rows)
+			args := append([]string{"reencrypt", "--table", "users", "--key", "id", "--column", "email", "--progress", "none"}, e.dbArgs...)
+			start := time.Now()
+			cmd, out := reKeyctlCmd(e, args...)
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			t.Logf("%s, %d rows: keyctl reencrypt %v\n%s", kind, rows, time.Since(start), out)
+			start = time.Now()
+			cmd, out = reKeyctlCmd(e, append(args, "--verify")...)
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			t.Logf("%s, %d rows: keyctl reencrypt --verify %v", kind, rows, time.Since(start))
+			e.check(t)
+		})
+	}
+}
