@@ -462,3 +462,14 @@ func FuzzADTemplate(f *testing.F) {
 		}
 	})
 }
+
+// An application forms the associated data of a value the way keyctl
+// reencrypt's default --aad does.
+func ExampleFieldAD() {
+	fmt.Println(string(core.FieldAD("users", "email", 42)))
+	tpl, _ := core.ParseADTemplate("app/{table}/{column}/{key}", "users")
+	fmt.Println(string(tpl.Append(nil, "email", 42)))
+	// Output:
+	// users.email:42
+	// app/users/email/42
+}

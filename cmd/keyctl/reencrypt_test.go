@@ -161,6 +161,20 @@ func (e *reEnv) cipher(t testing.TB) *core.FieldCipher {
 	return fc
 }
 
+// dekCount returns the number of DEKs in the keyset file.
+func (e *reEnv) dekCount(t testing.TB) int {
+	t.Helper()
+	st, err := store.OpenFile(filepath.Join(e.dir, "keyset.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := st.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ks.DEKs)
+}
+
 // writer updates random rows until ctx ends, reloading the keyset every
 // reload writes; it returns the number of writes.
 func (e *reEnv) writer(ctx context.Context, t testing.TB, url string, reload int) int {
@@ -467,10 +481,17 @@ func TestReencryptWorkersKill(t *testing.T) {
 	if notDone != 0 {
 		t.Errorf("%d chunk(s) not done", notDone)
 	}
+	// Two workers started together created one job and one new DEK.
+	if n := e.dekCount(t); n != 2 {
+		t.Errorf("the keyset has %d DEKs after two workers started together, want 2", n)
+	}
 	// A worker that starts after the job is done starts no new rotation.
 	late, outLate := reKeyctlCmd(e, args...)
 	if err := late.Run(); err != nil || !strings.Contains(outLate.String(), "already done; nothing to do") {
 		t.Errorf("late worker: %v\n%s", err, outLate)
+	}
+	if n := e.dekCount(t); n != 2 {
+		t.Errorf("the keyset has %d DEKs after a late worker, want 2", n)
 	}
 	sweep := append([]string{"reencrypt", "--table", "users", "--key", "id", "--column", "email", "--progress", "none", "--to-primary"}, e.dbArgs...)
 	cmd, out := reKeyctlCmd(e, sweep...)
