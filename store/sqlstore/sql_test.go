@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keyctl/keyctl/core"
 	"github.com/keyctl/keyctl/store/sqlstore"
@@ -104,13 +106,13 @@ func testMigrations(t *testing.T, open func(ctx context.Context) (*sqlstore.SQLS
 		}
 		v, err := s.SchemaVersion(t.Context())
 		s.Close()
-		if err != nil || v != 1 {
-			t.Fatalf("schema version %d, %v; want 1", v, err)
+		if err != nil || v != 2 {
+			t.Fatalf("schema version %d, %v; want 2", v, err)
 		}
 	}
 	var rows int
-	if err := raw.QueryRowContext(t.Context(), `SELECT COUNT(*) FROM keyctl_schema_version`).Scan(&rows); err != nil || rows != 1 {
-		t.Fatalf("%d schema_version rows (%v), want 1", rows, err)
+	if err := raw.QueryRowContext(t.Context(), `SELECT COUNT(*) FROM keyctl_schema_version`).Scan(&rows); err != nil || rows != 2 {
+		t.Fatalf("%d schema_version rows (%v), want 2", rows, err)
 	}
 	if _, err := raw.ExecContext(t.Context(), `INSERT INTO keyctl_schema_version (version, applied) VALUES (99, 'future')`); err != nil {
 		t.Fatal(err)
@@ -218,5 +220,79 @@ func TestSQLiteFileMode(t *testing.T) {
 	}
 	if _, err := sqlstore.OpenSQLite(ctx, dir, sqlstore.Options{}); err == nil {
 		t.Error("a directory opened as a database")
+	}
+}
+
+// TestSQLiteMigrationFromV1: a database written by schema 1 (DEK rows in a
+// rowid table) opens at schema 2 with every DEK unchanged, in a WITHOUT
+// ROWID table.
+func TestSQLiteMigrationFromV1(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "v1.db")
+	raw, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := core.NewKeyset()
+	for i := range 5 {
+		wk := &core.WrappedKey{Stanzas: []core.Stanza{{Provider: "mem", KeyID: "k", KeyVersion: fmt.Sprint(i), Algorithm: core.Algorithm(1), Data: []byte{byte(i), 1, 2, 3}}}}
+		state := core.StateDecryptOnly
+		if i == 4 {
+			state = core.StatePrimary
+		}
+		ks.DEKs = append(ks.DEKs, core.KeysetEntry{ID: uint32(1000 - i), State: state, Created: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Wrapped: wk})
+	}
+	for _, stmt := range []string{
+		`CREATE TABLE keyctl_schema_version (version INTEGER NOT NULL PRIMARY KEY, applied TEXT NOT NULL)`,
+		`INSERT INTO keyctl_schema_version VALUES (1, '2026-01-01T00:00:00Z')`,
+		`CREATE TABLE keyctl_keysets (name TEXT NOT NULL PRIMARY KEY, format INTEGER NOT NULL)`,
+		`CREATE TABLE keyctl_deks (keyset TEXT NOT NULL REFERENCES keyctl_keysets(name), id BIGINT NOT NULL, seq BIGINT NOT NULL, state TEXT NOT NULL, created TEXT NOT NULL, wrapped TEXT NOT NULL, PRIMARY KEY (keyset, id))`,
+		`INSERT INTO keyctl_keysets VALUES ('default', 1)`,
+	} {
+		if _, err := raw.ExecContext(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, e := range ks.DEKs {
+		text, _ := e.Wrapped.MarshalText()
+		if _, err := raw.ExecContext(ctx, `INSERT INTO keyctl_deks VALUES ('default', ?, ?, ?, ?, ?)`,
+			int64(e.ID), i, string(e.State), e.Created.Format(time.RFC3339Nano), string(text)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw.Close()
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := sqlstore.OpenSQLite(ctx, path, sqlstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, err := s.SchemaVersion(ctx); err != nil || v != 2 {
+		t.Fatalf("schema version %d, %v; want 2", v, err)
+	}
+	got, err := s.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.DEKs) != len(ks.DEKs) {
+		t.Fatalf("%d DEKs after migration, want %d", len(got.DEKs), len(ks.DEKs))
+	}
+	for i, e := range ks.DEKs {
+		g := got.DEKs[i]
+		if g.ID != e.ID || g.State != e.State || !g.Created.Equal(e.Created) || !core.SameWrappedKey(g.Wrapped, e.Wrapped) {
+			t.Fatalf("DEK %d changed in the migration: %+v, want %+v", i, g, e)
+		}
+	}
+	raw, err = sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	var ddl string
+	if err := raw.QueryRowContext(ctx, `SELECT sql FROM sqlite_master WHERE name = 'keyctl_deks'`).Scan(&ddl); err != nil || !strings.Contains(ddl, "WITHOUT ROWID") {
+		t.Fatalf("keyctl_deks after migration: %q, %v", ddl, err)
 	}
 }
