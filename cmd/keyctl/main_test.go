@@ -18,6 +18,10 @@ import (
 func TestMain(m *testing.M) {
 	// keyctl runs its built-in providers as `keyctl __provider TYPE`; in
 	// tests the test binary is keyctl.
+	if dump := os.Getenv("KEYCTL_TEST_PLUGIN_ENV_DUMP"); dump != "" && len(os.Args) > 1 && os.Args[1] == providerSubcommand {
+		// TestProviderEnvHidesKeysetURL: what a provider plugin inherits.
+		_ = os.WriteFile(dump, []byte(strings.Join(os.Environ(), "\n")), 0o600)
+	}
 	if code, ok := serveProvider(os.Args[1:]); ok {
 		os.Exit(code)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -83,6 +84,14 @@ func (a *app) startProvider(pc *config.Provider) (*plugin.Client, error) {
 		}
 		cfg.Command = cmd
 	}
+	if hidden := a.hiddenEnv(); len(hidden) > 0 {
+		mk := cfg.Command
+		cfg.Command = func() *exec.Cmd {
+			cmd := mk()
+			cmd.Env = withoutEnv(os.Environ(), hidden)
+			return cmd
+		}
+	}
 	c, err := plugin.Start(a.ctx, cfg)
 	if err != nil {
 		return nil, a.providerHint(pc, err)
@@ -151,4 +160,27 @@ func (a *app) closeProviders() {
 			_ = c.Close()
 		}
 	}
+}
+
+// hiddenEnv names the environment variables that hold secrets only keyctl
+// itself needs (the keyset's PostgreSQL URL): provider plugins, third-party
+// ones included, do not inherit them.
+func (a *app) hiddenEnv() []string {
+	cfg, err := a.config()
+	if err != nil || cfg.Keyset.PostgresEnv == "" {
+		return nil
+	}
+	return []string{cfg.Keyset.PostgresEnv}
+}
+
+// withoutEnv returns env without the variables named in drop.
+func withoutEnv(env, drop []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(drop, name) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
