@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"time"
@@ -155,7 +156,7 @@ failed, 2 if every failure was an input error, 1 otherwise.`,
 	fl.StringArrayVar(&f.drop, "drop", nil, "remove the wraps of provider `NAME` or TYPE:KEY-ID (repeatable)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "with --keyset: count what would change, per KEK version; use no key, write nothing")
 	fl.IntVar(&f.workers, "workers", 16, "keys rewrapped at once when they cannot be batched in one provider call")
-	fl.IntVar(&f.batch, "batch", 0, "with --keyset: DEKs per store transaction (default 4096; 16384 for a keyset file)")
+	fl.IntVar(&f.batch, "batch", 0, "with --keyset: DEKs per store transaction (default 16384)")
 	fl.StringVar(&f.progress, "progress", "auto", "with --keyset: auto, bar, log or none")
 	fl.DurationVar(&f.interval, "progress-interval", 10*time.Second, "with --keyset: time between progress log lines")
 	return c
@@ -352,11 +353,14 @@ func (a *app) rewrapKeyset(rw *core.Rewrapper, f rewrapFlags, sum *rewrapSummary
 	}
 	batch := f.batch
 	if batch == 0 {
-		batch = 4096 // one SQL transaction (and fsync) per batch
-		if cfg.Keyset.Kind() == "file" {
-			batch = 16384 // each transaction rewrites the whole file
-		}
+		// One transaction (and fsync) per batch; for a keyset file each
+		// rewrites the whole file. A killed run redoes at most one batch.
+		batch = 16384
 	}
+	// A bulk pass allocates many short-lived records; its live heap is a
+	// few pages of entries, so let the heap grow further between
+	// collections (the previous setting is restored at the end).
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	pr, err := a.newProgress(f.progress, "rewrap", "DEKs", total, f.interval)
 	if err != nil {
 		return err
