@@ -53,6 +53,7 @@ type reencryptResult struct {
 	WouldChange []reencryptDEKCount  `json:"would_reencrypt,omitempty"`
 	OldValues   int64                `json:"old_values"`
 	Retired     []string             `json:"retired,omitempty"`
+	Incomplete  string               `json:"verify_incomplete,omitempty"` // why the verify pass may have missed rows
 	Elapsed     string               `json:"elapsed"`
 }
 
@@ -179,6 +180,9 @@ func (a *app) reencrypt(cmd *cobra.Command, f *reencryptFlags) error {
 	if err != nil {
 		if errors.Is(err, sqltable.ErrNotInteger) {
 			return withHint(usagef("reencrypt: %v", err), "keyctl reencrypt reads rows in key order and splits the key range into chunks; add an integer key column")
+		}
+		if errors.Is(err, sqltable.ErrNotKey) {
+			return withHint(usagef("reencrypt: %v", err), "rows are read in key order, so the key must be unique and never NULL; give the integer primary key as --key")
 		}
 		return fmt.Errorf("reencrypt: %w", err)
 	}
@@ -319,15 +323,33 @@ func (a *app) reencryptVerify(tbl *sqltable.Table, ks *core.Keyset, f *reencrypt
 	res.TargetDEK = fmt.Sprintf("%08x", primary.ID)
 	res.Verify = dekCounts(ks, st.ByDEK, f.columns)
 	res.OldValues = st.OldValues(primary.ID)
+	complete := a.checkVerified(tbl, st, res)
 	if f.retireOld {
-		return a.retireOld(ks, primary.ID, st, res)
+		return a.retireOld(ks, primary.ID, st, complete, res)
 	}
 	return nil
 }
 
+// checkVerified checks that the verify pass st saw every row of tbl (see
+// sqltable.Table.CheckVerified); when it did not, it warns and records why
+// in res, and returns the error that refuses --retire-old.
+func (a *app) checkVerified(tbl *sqltable.Table, st *core.ReencryptStats, res *reencryptResult) error {
+	err := tbl.CheckVerified(a.ctx, st.Rows)
+	if err != nil {
+		res.Incomplete = oneLine(err.Error())
+		fmt.Fprintf(a.stderr, "keyctl: reencrypt: warning: %s\n", res.Incomplete)
+	}
+	return err
+}
+
 // retireOld retires the keyset's decrypt-only DEKs if the verify pass st
-// found no value under a DEK other than target.
-func (a *app) retireOld(ks *core.Keyset, target uint32, st *core.ReencryptStats, res *reencryptResult) error {
+// saw every row (complete is nil) and found no value under a DEK other than
+// target.
+func (a *app) retireOld(ks *core.Keyset, target uint32, st *core.ReencryptStats, complete error, res *reencryptResult) error {
+	if complete != nil {
+		return withHint(fmt.Errorf("reencrypt: --retire-old refused: %w", complete),
+			"give the table's integer primary key as --key, fix the rows it names, or run again when no rows are being inserted or deleted")
+	}
 	if n := st.OldValues(target); n > 0 {
 		return withHint(fmt.Errorf("reencrypt: --retire-old refused: %d value(s) are not under the primary DEK %08x: %w", n, target, core.ErrFailedPrecondition),
 			"run keyctl reencrypt again (with --to-primary once the job is done) after every application has reloaded the keyset")
@@ -517,8 +539,9 @@ func (a *app) reencryptRun(tbl *sqltable.Table, ks *core.Keyset, f *reencryptFla
 	}
 	res.Verify = dekCounts(ks, vst.ByDEK, f.columns)
 	res.OldValues = vst.OldValues(job.TargetDEK)
+	complete := a.checkVerified(tbl, vst, res)
 	if f.retireOld {
-		return a.retireOld(ks, job.TargetDEK, vst, res)
+		return a.retireOld(ks, job.TargetDEK, vst, complete, res)
 	}
 	return nil
 }

@@ -653,3 +653,35 @@ func (j *Job) RowsDone(ctx context.Context) (int64, error) {
 	}
 	return n, nil
 }
+
+// ErrIncomplete is returned by CheckVerified when a verify pass cannot
+// have seen every row of the table.
+var ErrIncomplete = errors.New("the verify pass did not see every row")
+
+// CheckVerified checks that a verify pass over the table that read
+// verified rows saw all of them: no row has a NULL key or (SQLite, where a
+// non-rowid INTEGER column can hold text) a key that is not an integer,
+// which a scan in key order never reaches, and the table holds exactly
+// verified rows now. Rows inserted or deleted during the pass also make it
+// fail: run the pass again. Errors wrap ErrIncomplete and
+// core.ErrFailedPrecondition.
+func (t *Table) CheckVerified(ctx context.Context, verified int64) error {
+	k := quote(t.spec.Key)
+	q := `SELECT COUNT(*), COUNT(*) - COUNT(` + k + `) FROM ` + quote(t.spec.Table)
+	if t.db.d == sqlite {
+		q = `SELECT COUNT(*), COALESCE(SUM(typeof(` + k + `) <> 'integer'), 0) FROM ` + quote(t.spec.Table)
+	}
+	var n, bad int64
+	if err := t.db.db.QueryRowContext(ctx, q).Scan(&n, &bad); err != nil {
+		return fmt.Errorf("%s: table %s: %w", t.db.where, t.spec.Table, err)
+	}
+	if bad > 0 {
+		return fmt.Errorf("%s: %d row(s) of table %s have a NULL or non-integer key %s, which a scan in key order does not reach: %w: %w",
+			t.db.where, bad, t.spec.Table, t.spec.Key, ErrIncomplete, core.ErrFailedPrecondition)
+	}
+	if n != verified {
+		return fmt.Errorf("%s: table %s has %d row(s) but the verify pass read %d (rows inserted or deleted meanwhile?): %w: %w",
+			t.db.where, t.spec.Table, n, verified, ErrIncomplete, core.ErrFailedPrecondition)
+	}
+	return nil
+}

@@ -40,8 +40,14 @@ const (
 	postgres
 )
 
-// ErrNotInteger is returned when the key column is not an integer column.
-var ErrNotInteger = errors.New("the key column must be an integer primary key (INTEGER or BIGINT)")
+var (
+	// ErrNotInteger is returned when the key column is not an integer column.
+	ErrNotInteger = errors.New("the key column must be an integer primary key (INTEGER or BIGINT)")
+	// ErrNotKey is returned when the key column is not the table's primary
+	// key (PostgreSQL: nor a NOT NULL column with a unique index of its
+	// own): rows with the same or a NULL key would be skipped.
+	ErrNotKey = errors.New("the key column must be the table's primary key")
+)
 
 // DB is a SQLite or PostgreSQL database holding tables to re-encrypt. It is
 // safe for concurrent use.
@@ -188,19 +194,38 @@ func (db *DB) Table(ctx context.Context, spec Spec) (*Table, error) {
 	}
 	t := &Table{db: db, spec: spec}
 	types := map[string]string{}
+	var pks []string // SQLite: the primary-key columns
 	switch db.d {
 	case sqlite:
-		rows, err := db.db.QueryContext(ctx, `SELECT name, type FROM pragma_table_info(?)`, spec.Table)
+		// pragma_table_info finds a table whatever the case of its name;
+		// the job tables and the associated data use the name as given,
+		// so it must be the table's own spelling.
+		var name string
+		err := db.db.QueryRowContext(ctx, `SELECT name FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE`, spec.Table).Scan(&name)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("%s: no table %q: %w", db.where, spec.Table, core.ErrMalformed)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: table %s: %w", db.where, spec.Table, err)
+		}
+		if name != spec.Table {
+			return nil, fmt.Errorf("%s: the table is named %q, not %q (give its exact name): %w", db.where, name, spec.Table, core.ErrMalformed)
+		}
+		rows, err := db.db.QueryContext(ctx, `SELECT name, type, pk FROM pragma_table_info(?) ORDER BY pk`, spec.Table)
 		if err != nil {
 			return nil, fmt.Errorf("%s: table %s: %w", db.where, spec.Table, err)
 		}
 		for rows.Next() {
 			var n, ty string
-			if err := rows.Scan(&n, &ty); err != nil {
+			var pk int
+			if err := rows.Scan(&n, &ty, &pk); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("%s: table %s: %w", db.where, spec.Table, err)
 			}
 			types[n] = strings.ToLower(ty)
+			if pk > 0 {
+				pks = append(pks, n)
+			}
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -239,6 +264,35 @@ func (db *DB) Table(ctx context.Context, spec Spec) (*Table, error) {
 	}
 	if !intKey {
 		return nil, fmt.Errorf("%s: %s.%s is %s: %w", db.where, spec.Table, spec.Key, kt, ErrNotInteger)
+	}
+	// The key must identify every row exactly once: the scan pages with
+	// key > last, so duplicate keys at a batch edge and NULL keys would be
+	// skipped, and a verify pass that misses rows could let --retire-old
+	// retire a DEK that they still use.
+	switch db.d {
+	case sqlite:
+		if len(pks) != 1 || pks[0] != spec.Key {
+			have := "no primary key"
+			if len(pks) > 0 {
+				have = "primary key (" + strings.Join(pks, ", ") + ")"
+			}
+			return nil, fmt.Errorf("%s: %s.%s is not the table's primary key (the table has %s): %w", db.where, spec.Table, spec.Key, have, ErrNotKey)
+		}
+	case postgres:
+		var ok bool
+		err := db.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i
+			JOIN pg_class c ON c.oid = i.indrelid
+			JOIN pg_namespace n ON n.oid = c.relnamespace
+			JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+			WHERE n.nspname = current_schema() AND c.relname = $1 AND a.attname = $2 AND i.indnkeyatts = 1
+			  AND (i.indisprimary OR (i.indisunique AND a.attnotnull AND i.indpred IS NULL AND i.indexprs IS NULL)))`,
+			spec.Table, spec.Key).Scan(&ok)
+		if err != nil {
+			return nil, fmt.Errorf("%s: table %s: %w", db.where, spec.Table, err)
+		}
+		if !ok {
+			return nil, fmt.Errorf("%s: %s.%s is neither the table's primary key nor a NOT NULL column with a unique index of its own: %w", db.where, spec.Table, spec.Key, ErrNotKey)
+		}
 	}
 	for _, c := range spec.Columns {
 		ty, ok := types[c]

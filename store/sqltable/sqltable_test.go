@@ -442,3 +442,94 @@ func TestTableChecks(t *testing.T) {
 		})
 	}
 }
+
+// The key column must be the primary key (or, in PostgreSQL, a NOT NULL
+// column with a unique index): paging with key > last skips duplicate keys
+// at batch edges and never reaches NULL keys, so a verify pass would miss
+// rows and --retire-old could retire a DEK they use.
+func TestKeyMustBeUnique(t *testing.T) {
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			db := openKind(t, kind)
+			blob := "BLOB"
+			if db.Postgres() {
+				blob = "BYTEA"
+			}
+			for _, q := range []string{
+				`CREATE TABLE addr (user_id INTEGER, v ` + blob + `)`,
+				`CREATE TABLE two (a INTEGER, b INTEGER, v ` + blob + `, PRIMARY KEY (a, b))`,
+				`CREATE TABLE uniq_null (k BIGINT UNIQUE, v ` + blob + `)`,
+				`CREATE TABLE uniq (id INTEGER PRIMARY KEY, k BIGINT NOT NULL UNIQUE, v ` + blob + `)`,
+				`CREATE TABLE bigpk (k BIGINT PRIMARY KEY, v ` + blob + `)`,
+			} {
+				if _, err := db.SQL().Exec(q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cases := []struct {
+				table, key string
+				want       error
+			}{
+				{"addr", "user_id", sqltable.ErrNotKey},
+				{"two", "a", sqltable.ErrNotKey},
+				{"uniq_null", "k", sqltable.ErrNotKey},
+				{"uniq", "id", nil},
+				{"bigpk", "k", nil},
+			}
+			// SQLite: a UNIQUE column may hold NULLs and text; only the
+			// primary key is accepted. PostgreSQL: a unique NOT NULL column
+			// will do.
+			if db.Postgres() {
+				cases = append(cases, struct {
+					table, key string
+					want       error
+				}{"uniq", "k", nil})
+			} else {
+				cases = append(cases, struct {
+					table, key string
+					want       error
+				}{"uniq", "k", sqltable.ErrNotKey})
+			}
+			for _, tc := range cases {
+				_, err := db.Table(t.Context(), sqltable.Spec{Table: tc.table, Key: tc.key, Columns: []string{"v"}})
+				if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+					t.Errorf("%s.%s: %v, want %v", tc.table, tc.key, err, tc.want)
+				}
+			}
+			if db.Postgres() {
+				return
+			}
+			// SQLite: the table name must be given as spelled (pragma
+			// table_info would find USERS for users, and the job tables
+			// would then know the table under two names).
+			if _, err := db.Table(t.Context(), sqltable.Spec{Table: "BIGPK", Key: "k", Columns: []string{"v"}}); !errors.Is(err, core.ErrMalformed) {
+				t.Errorf("table name in another case: %v", err)
+			}
+			// A non-rowid INTEGER primary key in SQLite may hold NULL and
+			// text: such rows are never scanned, and CheckVerified says so.
+			if _, err := db.SQL().Exec(`INSERT INTO bigpk (k, v) VALUES (1, x'00'), (2, x'00'), (NULL, x'00'), ('abc', x'00'), (3, x'00')`); err != nil {
+				t.Fatal(err)
+			}
+			tbl, err := db.Table(t.Context(), sqltable.Spec{Table: "bigpk", Key: "k", Columns: []string{"v"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, _ := core.Verify(t.Context(), tbl.Reader(), 2, nil)
+			if v.Rows != 3 {
+				t.Fatalf("verify read %d rows, want the 3 with integer keys", v.Rows)
+			}
+			if err := tbl.CheckVerified(t.Context(), v.Rows); !errors.Is(err, sqltable.ErrIncomplete) || !errors.Is(err, core.ErrFailedPrecondition) {
+				t.Errorf("CheckVerified with NULL and text keys: %v", err)
+			}
+			if _, err := db.SQL().Exec(`DELETE FROM bigpk WHERE typeof(k) <> 'integer'`); err != nil {
+				t.Fatal(err)
+			}
+			if err := tbl.CheckVerified(t.Context(), v.Rows); err != nil {
+				t.Errorf("CheckVerified: %v", err)
+			}
+			if err := tbl.CheckVerified(t.Context(), v.Rows-1); !errors.Is(err, sqltable.ErrIncomplete) {
+				t.Errorf("CheckVerified with a row count that differs: %v", err)
+			}
+		})
+	}
+}
