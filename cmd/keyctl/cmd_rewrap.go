@@ -330,25 +330,26 @@ const rewrapFailuresShown = 100
 // rewrapKeyset rewraps every DEK of the configured keyset store with
 // core's bulk rewrap.
 func (a *app) rewrapKeyset(rw *core.Rewrapper, f rewrapFlags, sum *rewrapSummary) error {
-	cfg, err := a.config()
-	if err != nil {
-		return err
-	}
-	sum.Keyset = cfg.Keyset.String()
-	if cfg.Keyset.Kind() == "file" {
-		if _, err := os.Stat(cfg.Keyset.File); errors.Is(err, os.ErrNotExist) {
-			return a.keysetMissing(cfg)
+	where, err := a.withKeysetStore(func(cfg *config.Config, st core.KeysetStore) error {
+		if cfg.Keyset.Kind() == "file" {
+			if _, err := os.Stat(cfg.Keyset.File); errors.Is(err, os.ErrNotExist) {
+				return a.keysetMissing(cfg)
+			}
 		}
-	}
-	st, err := a.openKeysetStore(cfg.Keyset, cfg.Path)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
+		return a.rewrapStore(rw, st, f, sum)
+	})
+	sum.Keyset = where
+	return err
+}
+
+// rewrapStore runs the bulk rewrap of st and fills sum. The error is the
+// store's (or the progress flags'); DEK failures are in sum.
+func (a *app) rewrapStore(rw *core.Rewrapper, st core.KeysetStore, f rewrapFlags, sum *rewrapSummary) error {
 	total := 0
 	if c, ok := st.(core.EntryCounter); ok {
+		var err error
 		if total, err = c.CountEntries(a.ctx); err != nil {
-			return keysetError(cfg, err)
+			return err
 		}
 	}
 	batch := f.batch
@@ -387,7 +388,7 @@ func (a *app) rewrapKeyset(rw *core.Rewrapper, f rewrapFlags, sum *rewrapSummary
 	sum.FailuresNotShown = stats.Failed - len(stats.Failures)
 	sum.Failed = stats.Failed
 	if err != nil && a.ctx.Err() == nil {
-		return keysetError(cfg, fmt.Errorf("rewrap: %w", err))
+		return fmt.Errorf("rewrap: %w", err)
 	}
 	return nil
 }

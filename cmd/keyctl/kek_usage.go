@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keyctl/keyctl/config"
 	"github.com/keyctl/keyctl/core"
-	"github.com/keyctl/keyctl/store"
 )
 
 // usagePageSize is the number of keyset entries read per page by a usage
@@ -28,42 +28,23 @@ const maxListedDEKs = 10
 // keyset that holds no DEK yet (a missing file, an empty SQL keyset) is
 // scanned as empty. where describes the store for output.
 func (a *app) scanKeyset(fn func(e *core.KeysetEntry)) (where string, err error) {
-	cfg, err := a.config()
-	if err != nil {
-		return "", err
-	}
-	where = cfg.Keyset.String()
-	st, err := a.openKeysetStore(cfg.Keyset, cfg.Path)
-	if err != nil {
-		return where, err
-	}
-	defer st.Close()
-	if _, ok := st.(*store.FileStore); ok {
-		// A file store reads the whole file for every page, so one Load
-		// is the cheapest way through it.
-		ks, err := st.Load(a.ctx)
-		if err != nil {
-			return where, keysetError(cfg, fmt.Errorf("keyset %s: %w", where, err))
+	return a.withKeysetStore(func(cfg *config.Config, st core.KeysetStore) error {
+		where := cfg.Keyset.String()
+		var after uint32
+		for {
+			page, err := st.Entries(a.ctx, after, usagePageSize)
+			if err != nil {
+				return fmt.Errorf("keyset %s: read DEKs after id %08x: %w", where, after, err)
+			}
+			if len(page) == 0 {
+				return nil
+			}
+			for i := range page {
+				fn(&page[i])
+			}
+			after = page[len(page)-1].ID
 		}
-		for i := range ks.DEKs {
-			fn(&ks.DEKs[i])
-		}
-		return where, nil
-	}
-	var after uint32
-	for {
-		page, err := st.Entries(a.ctx, after, usagePageSize)
-		if err != nil {
-			return where, keysetError(cfg, fmt.Errorf("keyset %s: read DEKs after id %08x: %w", where, after, err))
-		}
-		if len(page) == 0 {
-			return where, nil
-		}
-		for i := range page {
-			fn(&page[i])
-		}
-		after = page[len(page)-1].ID
-	}
+	})
 }
 
 // versionUsage is what the DEKs of the keyset store need of one KEK version.

@@ -63,30 +63,43 @@ func (a *app) keysetMissing(cfg *config.Config) error {
 		"run `keyctl keyset rotate` to create its first DEK, or fix the keyset block of "+cfg.Path)
 }
 
+// withKeysetStore opens the configured keyset store, runs fn on it and
+// closes it. where describes the store for output; errors from fn get the
+// chmod hint of keysetError.
+func (a *app) withKeysetStore(fn func(cfg *config.Config, st core.KeysetStore) error) (where string, err error) {
+	cfg, err := a.config()
+	if err != nil {
+		return "", err
+	}
+	where = cfg.Keyset.String()
+	st, err := a.openKeysetStore(cfg.Keyset, cfg.Path)
+	if err != nil {
+		return where, err
+	}
+	defer st.Close()
+	return where, keysetError(cfg, fn(cfg, st))
+}
+
 // loadKeyset reads the configured keyset; it is an error when the keyset
 // holds no DEK. where describes the store for output.
 func (a *app) loadKeyset() (ks *core.Keyset, where string, err error) {
-	cfg, err := a.config()
-	if err != nil {
-		return nil, "", err
-	}
-	where = cfg.Keyset.String()
-	if cfg.Keyset.Kind() == "file" {
-		if _, err := os.Stat(cfg.Keyset.File); errors.Is(err, os.ErrNotExist) {
-			return nil, where, a.keysetMissing(cfg)
+	where, err = a.withKeysetStore(func(cfg *config.Config, st core.KeysetStore) error {
+		if cfg.Keyset.Kind() == "file" {
+			if _, err := os.Stat(cfg.Keyset.File); errors.Is(err, os.ErrNotExist) {
+				return a.keysetMissing(cfg)
+			}
 		}
-	}
-	st, err := a.openKeysetStore(cfg.Keyset, cfg.Path)
+		var err error
+		if ks, err = st.Load(a.ctx); err != nil {
+			return err
+		}
+		if len(ks.DEKs) == 0 {
+			return a.keysetMissing(cfg)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, where, err
-	}
-	defer st.Close()
-	ks, err = st.Load(a.ctx)
-	if err != nil {
-		return nil, where, keysetError(cfg, err)
-	}
-	if len(ks.DEKs) == 0 {
-		return nil, where, a.keysetMissing(cfg)
 	}
 	return ks, where, nil
 }
@@ -103,21 +116,12 @@ func keysetError(cfg *config.Config, err error) error {
 // and stores the result atomically (nothing is stored if fn fails).
 // allowEmpty lets fn run on a keyset with no DEK (creating the first).
 func (a *app) updateKeyset(allowEmpty bool, fn func(ks *core.Keyset) error) (where string, err error) {
-	cfg, err := a.config()
-	if err != nil {
-		return "", err
-	}
-	where = cfg.Keyset.String()
-	st, err := a.openKeysetStore(cfg.Keyset, cfg.Path)
-	if err != nil {
-		return where, err
-	}
-	defer st.Close()
-	err = st.Update(a.ctx, func(ks *core.Keyset) error {
-		if len(ks.DEKs) == 0 && !allowEmpty {
-			return a.keysetMissing(cfg)
-		}
-		return fn(ks)
+	return a.withKeysetStore(func(cfg *config.Config, st core.KeysetStore) error {
+		return st.Update(a.ctx, func(ks *core.Keyset) error {
+			if len(ks.DEKs) == 0 && !allowEmpty {
+				return a.keysetMissing(cfg)
+			}
+			return fn(ks)
+		})
 	})
-	return where, keysetError(cfg, err)
 }
