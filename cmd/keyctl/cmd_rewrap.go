@@ -157,8 +157,8 @@ failed, 2 if every failure was an input error, 1 otherwise.`,
 	fl.BoolVar(&f.dryRun, "dry-run", false, "with --keyset: count what would change, per KEK version; use no key, write nothing")
 	fl.IntVar(&f.workers, "workers", 16, "keys rewrapped at once when they cannot be batched in one provider call")
 	fl.IntVar(&f.batch, "batch", 0, "with --keyset: DEKs per store transaction (default 16384)")
-	fl.StringVar(&f.progress, "progress", "auto", "with --keyset: auto, bar, log or none")
-	fl.DurationVar(&f.interval, "progress-interval", 10*time.Second, "with --keyset: time between progress log lines")
+	fl.StringVar(&f.progress, "progress", "auto", "progress on stderr: auto (a bar on a terminal, else log lines), bar, log or none")
+	fl.DurationVar(&f.interval, "progress-interval", 10*time.Second, "time between progress log lines")
 	return c
 }
 
@@ -273,9 +273,15 @@ func (a *app) runRewrap(f rewrapFlags, args []string) error {
 	case f.keyset:
 		err = a.rewrapKeyset(rw, f, sum)
 	case len(args) > 0:
-		err = a.rewrapFiles(rw, args, ec, sum)
+		var pr *progress
+		if pr, err = a.newProgress(f.progress, "rewrap", "files", len(args), f.interval); err == nil {
+			err = a.rewrapFiles(rw, args, ec, sum, pr)
+		}
 	default:
-		err = a.rewrapStdin(rw, ec, sum, f.workers)
+		var pr *progress
+		if pr, err = a.newProgress(f.progress, "rewrap", "keys", 0, f.interval); err == nil {
+			err = a.rewrapStdin(rw, ec, sum, f.workers, pr)
+		}
 	}
 	if err != nil {
 		return err
@@ -428,7 +434,8 @@ func (a *app) interrupted(err error) bool {
 	return err != nil && a.ctx.Err() != nil && errors.Is(err, a.ctx.Err())
 }
 
-func (a *app) rewrapFiles(rw *core.Rewrapper, files []string, ec core.Context, sum *rewrapSummary) error {
+func (a *app) rewrapFiles(rw *core.Rewrapper, files []string, ec core.Context, sum *rewrapSummary, pr *progress) error {
+	defer func() { pr.finish(len(sum.Results), sum.line()) }()
 	for _, f := range files {
 		if a.ctx.Err() != nil {
 			break // interrupted: report what was done
@@ -460,11 +467,13 @@ func (a *app) rewrapFiles(rw *core.Rewrapper, files []string, ec core.Context, s
 			}
 		}
 		sum.add(it)
+		pr.update(len(sum.Results), sum.line())
 	}
 	return nil
 }
 
-func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummary, workers int) error {
+func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummary, workers int, pr *progress) error {
+	defer func() { pr.finish(len(sum.Results), sum.line()) }()
 	sc := bufio.NewScanner(a.stdin)
 	sc.Buffer(make([]byte, 0, 64<<10), core.MaxWrappedKeyText+16)
 	var out bytes.Buffer
@@ -521,6 +530,7 @@ func (a *app) rewrapStdin(rw *core.Rewrapper, ec core.Context, sum *rewrapSummar
 			}
 		}
 		chunk = chunk[:0]
+		pr.update(len(sum.Results), sum.line())
 	}
 	n := 0
 	for sc.Scan() {
