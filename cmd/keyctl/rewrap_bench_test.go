@@ -270,10 +270,12 @@ func BenchmarkRewrapKeysetAWSKMS(b *testing.B) {
 				return err
 			}), "keys/s")
 		})
+		onA := true // where the keyset is, across runs and -count
 		b.Run("impl=keyctl", func(b *testing.B) {
-			runRewrapBench(b, cfg, n, func(i int) []string {
+			runRewrapBench(b, cfg, n, func(int) []string {
 				// Back and forth between the two keys.
-				if i%2 == 0 {
+				onA = !onA
+				if !onA {
 					return []string{"--to", "b"}
 				}
 				return []string{"--to", "a"}
