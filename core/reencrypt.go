@@ -44,7 +44,7 @@ func (c Cursor) String() string {
 
 // FieldValue is one stored value of an encrypted column.
 type FieldValue struct {
-	// Null is a SQL NULL; the engine skips it.
+	// Null is a SQL NULL; the engine skips it (and an empty Data too).
 	Null bool
 	// Text is true when the column stores the field ciphertext in its text
 	// form ([EncodeFieldText]: a TEXT column), false for the binary form (a
@@ -159,6 +159,9 @@ type ReencryptStats struct {
 	Current int64 `json:"already_current"`
 	// Null values were skipped.
 	Null int64 `json:"null"`
+	// Empty values (zero-length, not NULL) were skipped like NULLs: no
+	// ciphertext is empty, so they hold no data to re-encrypt.
+	Empty int64 `json:"empty"`
 	// Conflicts are rows whose compare-and-swap kept losing to concurrent
 	// writes; they hold what the application wrote.
 	Conflicts int64 `json:"conflicts"`
@@ -170,6 +173,10 @@ type ReencryptStats struct {
 	// header does not parse). Filled by Verify and by dry runs: in a dry
 	// run it counts the values that would be re-encrypted.
 	ByDEK map[string]map[uint32]int64 `json:"by_dek,omitempty"`
+	// Moved counts, per DEK id, the values this pass re-encrypted (or
+	// tried to) from that DEK onto the target: the DEKs a rotation
+	// replaced in these columns. Not filled by Verify or dry runs.
+	Moved map[uint32]int64 `json:"moved_from,omitempty"`
 	// Last is the key of the last row committed.
 	Last Cursor `json:"-"`
 	// Elapsed is the time the pass took.
@@ -368,6 +375,12 @@ func (r *Reencrypter) plan(row *ReencryptRow, cols []string, st *ReencryptStats,
 			}
 			continue
 		}
+		if len(v.Data) == 0 {
+			if count {
+				st.Empty++
+			}
+			continue
+		}
 		ct := v.Data
 		if v.Text {
 			b, err := DecodeFieldText(string(v.Data))
@@ -410,12 +423,19 @@ func (r *Reencrypter) plan(row *ReencryptRow, cols []string, st *ReencryptStats,
 			nv.Data = []byte(EncodeFieldText(nct))
 		}
 		u.Set = append(u.Set, ColumnUpdate{Column: c, Old: v, New: nv})
+		if count {
+			if st.Moved == nil {
+				st.Moved = map[uint32]int64{}
+			}
+			st.Moved[id]++
+		}
 	}
 	return u, ad
 }
 
 // Verify counts the values of src per column and DEK id (ByDEK; id 0 for a
-// value whose header does not parse, also counted in Failed). It reads only
+// value whose header does not parse, also counted in Failed). NULL and
+// empty values are counted in Null and Empty, not per DEK. It reads only
 // headers: no key is used and nothing is written. progress may be nil.
 func Verify(ctx context.Context, src ReencryptSource, batch int, progress func(st *ReencryptStats, at Cursor)) (*ReencryptStats, error) {
 	if batch <= 0 {
@@ -446,6 +466,10 @@ func Verify(ctx context.Context, src ReencryptSource, batch int, progress func(s
 				col := cols[c]
 				if v.Null {
 					st.Null++
+					continue
+				}
+				if len(v.Data) == 0 {
+					st.Empty++
 					continue
 				}
 				ct := v.Data

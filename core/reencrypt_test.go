@@ -473,3 +473,43 @@ func ExampleFieldAD() {
 	// users.email:42
 	// app/users/email/42
 }
+
+// Zero-length values (not NULL) hold no ciphertext: they are counted as
+// empty and skipped, like NULLs, so that they neither fail every run nor
+// count under an "invalid" DEK in verify and block retiring the old DEK.
+// Moved counts the values re-encrypted per source DEK.
+func TestReencryptEmptyValues(t *testing.T) {
+	for _, text := range []bool{false, true} {
+		f := newRotationFixture(t, 20, text)
+		f.table.rows[-7][1] = core.FieldValue{Text: text, Data: []byte{}}
+		f.plain[-7][1] = ""
+		r, err := core.NewReencrypter(core.ReencryptOptions{Cipher: f.newFC, AD: f.ad.Func(), Batch: 7})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := r.Run(t.Context(), f.table, core.Cursor{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Failed != 0 || st.Empty != 1 || st.Null != 5 || st.Reencrypted != 34 {
+			t.Fatalf("text=%v: stats %+v", text, st)
+		}
+		if len(st.Moved) != 1 || st.Moved[f.oldID] != 34 {
+			t.Errorf("moved %v, want 34 from %x", st.Moved, f.oldID)
+		}
+		if got := f.table.rows[-7][1]; got.Null || len(got.Data) != 0 {
+			t.Errorf("empty value rewritten: %+v", got)
+		}
+		v, err := core.Verify(t.Context(), f.table, 5, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Empty != 1 || v.Failed != 0 || v.OldValues(f.newID) != 0 {
+			t.Errorf("text=%v: verify %+v", text, v)
+		}
+		st, _ = r.Run(t.Context(), f.table, core.Cursor{}, nil)
+		if st.Failed != 0 || st.Reencrypted != 0 || st.Empty != 1 {
+			t.Errorf("second run %+v", st)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -25,7 +26,8 @@ type reencryptFlags struct {
 	lease              time.Duration
 	dryRun, verify     bool
 	worker, retireOld  bool
-	toPrimary          bool
+	toPrimary, newDEK  bool
+	abandonJob         bool
 	progress           string
 	progressInterval   time.Duration
 	maxFailuresPrinted int
@@ -53,6 +55,7 @@ type reencryptResult struct {
 	WouldChange []reencryptDEKCount  `json:"would_reencrypt,omitempty"`
 	OldValues   int64                `json:"old_values"`
 	Retired     []string             `json:"retired,omitempty"`
+	KeptOld     []string             `json:"kept_decrypt_only,omitempty"` // decrypt-only DEKs --retire-old left alone
 	Incomplete  string               `json:"verify_incomplete,omitempty"` // why the verify pass may have missed rows
 	Elapsed     string               `json:"elapsed"`
 }
@@ -72,17 +75,26 @@ A run:
      value read (compare-and-swap): application writes are never
      overwritten. Each batch and its checkpoint commit in one transaction;
   3. counts the values per DEK (the verify pass) and, with --retire-old,
-     retires the old DEKs only if no value of the columns uses them.
+     retires the DEK this rotation replaced once no value of the given
+     columns uses it. Other tables using the same keyset must be verified
+     first: decrypt-only DEKs that no rotation of this table replaced are
+     left alone.
 
 Killed or interrupted, it loses nothing: run the same command again and it
-resumes the unfinished job from its checkpoint, with the same new DEK. A run
-with no unfinished job starts a new rotation (a new DEK); --to-primary
-re-encrypts onto the keyset's current primary instead (to sweep values that
-applications wrote under an old DEK during the rotation).
+resumes the unfinished job from its checkpoint, with the same new DEK. Once
+the table's last job is done and its DEK is still the primary, the same
+command re-encrypts onto that DEK what remains (values applications wrote
+under an old DEK meanwhile) and verifies: it never starts a second rotation
+unless --new-dek is given. --to-primary re-encrypts onto the keyset's
+current primary without adding a DEK (after 'keyctl keyset rotate').
+A job whose target is no longer the primary (another rotation happened in
+the middle) is refused; --abandon-job gives it up (no row changes: every
+value is under a DEK of the keyset), then run again.
 
-The table needs an integer primary key (--key; INTEGER or BIGINT). Columns
-hold field ciphertexts in binary (BLOB, BYTEA) or text form (TEXT); NULLs are
-skipped. The database is a SQLite file (--sqlite PATH) or PostgreSQL, whose
+--key must be the table's integer primary key (INTEGER or BIGINT;
+PostgreSQL also accepts a NOT NULL column with a unique index). Columns hold
+field ciphertexts in binary (BLOB, BYTEA) or text form (TEXT); NULLs and
+empty values are skipped. The database is a SQLite file (--sqlite PATH) or PostgreSQL, whose
 URL is read from an environment variable (--db-env VAR; never put a password
 on the command line).
 
@@ -94,7 +106,10 @@ that starts after the job onto the current primary is done does nothing.
 
 --aad is the associated-data format: literal text with {table}, {column} and
 {key} (the row key in decimal); default "{table}.{column}:{key}", which gives
-"users.email:42". It must be the one the application encrypts with.
+"users.email:42". It must be the one the application encrypts with. {key} is
+required, {column} too with several --column (else values could be swapped
+between columns of a row); without {table}, a value copied to the same
+column and key of another table still decrypts.
 
 Exit status: 0 done (the summary says if values remain under an old DEK);
 1 failure (database or vault unreachable, values that fail to decrypt);
@@ -129,8 +144,10 @@ func (a *app) reencryptCommand() *cobra.Command {
 	fl.BoolVar(&f.dryRun, "dry-run", false, "count the values per DEK that would be re-encrypted; change nothing")
 	fl.BoolVar(&f.verify, "verify", false, "only count the values per DEK")
 	fl.BoolVar(&f.worker, "worker", false, "join the job with other workers (PostgreSQL)")
-	fl.BoolVar(&f.retireOld, "retire-old", false, "after verifying that no value uses them, retire the keyset's decrypt-only DEKs")
+	fl.BoolVar(&f.retireOld, "retire-old", false, "retire the DEK(s) the rotations of this table replaced once no value of the given columns uses them (other tables using the same keyset must be verified first)")
 	fl.BoolVar(&f.toPrimary, "to-primary", false, "when no job is unfinished, re-encrypt onto the current primary DEK instead of adding a new one")
+	fl.BoolVar(&f.newDEK, "new-dek", false, "start another rotation (a new DEK) although the last job on the table, onto the current primary, is done")
+	fl.BoolVar(&f.abandonJob, "abandon-job", false, "give up the table's unfinished job (one whose target DEK is no longer the primary); changes no row")
 	fl.StringVar(&f.progress, "progress", "auto", "progress report: "+strings.Join(progressModes, ", ")+" (auto: a bar on a terminal, log lines otherwise)")
 	fl.DurationVar(&f.progressInterval, "progress-interval", 10*time.Second, "interval of progress log lines")
 	fl.IntVar(&f.maxFailuresPrinted, "max-failures", 20, "failures printed on stderr (all are counted)")
@@ -160,6 +177,12 @@ func (a *app) reencrypt(cmd *cobra.Command, f *reencryptFlags) error {
 		return usagef("reencrypt: --lease %v: want at least 1s", f.lease)
 	case f.chunkKeys < 1:
 		return usagef("reencrypt: --chunk-keys must be positive")
+	case f.newDEK && f.toPrimary:
+		return usagef("reencrypt: --new-dek and --to-primary exclude each other")
+	case f.newDEK && (f.dryRun || f.verify):
+		return usagef("reencrypt: --new-dek starts a rotation; it excludes --dry-run and --verify")
+	case f.abandonJob && (f.dryRun || f.verify || f.worker || f.retireOld || f.toPrimary || f.newDEK):
+		return usagef("reencrypt: --abandon-job only gives up the unfinished job; it excludes the other mode flags")
 	}
 	spec := sqltable.Spec{Table: f.table, Key: f.key, Columns: f.columns}
 	if err := spec.Validate(); err != nil {
@@ -185,6 +208,9 @@ func (a *app) reencrypt(cmd *cobra.Command, f *reencryptFlags) error {
 			return withHint(usagef("reencrypt: %v", err), "rows are read in key order, so the key must be unique and never NULL; give the integer primary key as --key")
 		}
 		return fmt.Errorf("reencrypt: %w", err)
+	}
+	if f.abandonJob {
+		return a.reencryptAbandon(tbl)
 	}
 	start := time.Now()
 	res := &reencryptResult{Database: db.String(), Table: f.table, Columns: f.columns}
@@ -325,8 +351,32 @@ func (a *app) reencryptVerify(tbl *sqltable.Table, ks *core.Keyset, f *reencrypt
 	res.OldValues = st.OldValues(primary.ID)
 	complete := a.checkVerified(tbl, st, res)
 	if f.retireOld {
-		return a.retireOld(ks, primary.ID, st, complete, res)
+		replaced, err := tbl.ReplacedDEKs(a.ctx, primary.ID)
+		if err != nil {
+			return fmt.Errorf("reencrypt: %w", err)
+		}
+		return a.retireOld(ks, primary.ID, st, complete, replaced, res)
 	}
+	return nil
+}
+
+// reencryptAbandon gives up the table's unfinished job.
+func (a *app) reencryptAbandon(tbl *sqltable.Table) error {
+	job, err := tbl.OpenJob(a.ctx)
+	if errors.Is(err, sqltable.ErrNoJob) {
+		return usagef("reencrypt: --abandon-job: table %s has no unfinished job", tbl.Spec().Table)
+	}
+	if err != nil {
+		return fmt.Errorf("reencrypt: --abandon-job: %w", err)
+	}
+	if err := job.Abandon(a.ctx); err != nil {
+		return fmt.Errorf("reencrypt: --abandon-job: %w", err)
+	}
+	target := "no DEK yet"
+	if job.TargetDEK != 0 {
+		target = fmt.Sprintf("DEK %08x", job.TargetDEK)
+	}
+	a.printf("job %d on table %s (onto %s) abandoned; every value is still under a DEK of the keyset\n", job.ID, tbl.Spec().Table, target)
 	return nil
 }
 
@@ -342,10 +392,12 @@ func (a *app) checkVerified(tbl *sqltable.Table, st *core.ReencryptStats, res *r
 	return err
 }
 
-// retireOld retires the keyset's decrypt-only DEKs if the verify pass st
-// saw every row (complete is nil) and found no value under a DEK other than
-// target.
-func (a *app) retireOld(ks *core.Keyset, target uint32, st *core.ReencryptStats, complete error, res *reencryptResult) error {
+// retireOld retires the decrypt-only DEKs among replaced (the DEKs the
+// rotations of this table replaced) if the verify pass st saw every row
+// (complete is nil) and found no value under a DEK other than target.
+// Other decrypt-only DEKs of the keyset may encrypt other tables: they are
+// left alone and listed in res.KeptOld.
+func (a *app) retireOld(ks *core.Keyset, target uint32, st *core.ReencryptStats, complete error, replaced []uint32, res *reencryptResult) error {
 	if complete != nil {
 		return withHint(fmt.Errorf("reencrypt: --retire-old refused: %w", complete),
 			"give the table's integer primary key as --key, fix the rows it names, or run again when no rows are being inserted or deleted")
@@ -357,7 +409,7 @@ func (a *app) retireOld(ks *core.Keyset, target uint32, st *core.ReencryptStats,
 	if p, err := ks.Primary(); err != nil || p.ID != target {
 		return fmt.Errorf("reencrypt: --retire-old refused: the keyset's primary DEK is no longer %08x: %w", target, core.ErrFailedPrecondition)
 	}
-	var retired []string
+	var retired, kept []string
 	_, err := a.updateKeyset(false, func(ks *core.Keyset) error {
 		retired = retired[:0]
 		p, err := ks.Primary()
@@ -367,20 +419,27 @@ func (a *app) retireOld(ks *core.Keyset, target uint32, st *core.ReencryptStats,
 		if p.ID != target {
 			return fmt.Errorf("reencrypt: --retire-old refused: the keyset's primary DEK changed to %08x: %w", p.ID, core.ErrFailedPrecondition)
 		}
+		kept = kept[:0]
 		for i := range ks.DEKs {
-			if ks.DEKs[i].State == core.StateDecryptOnly {
-				if err := ks.SetState(ks.DEKs[i].ID, core.StateRetired); err != nil {
-					return err
-				}
-				retired = append(retired, fmt.Sprintf("%08x", ks.DEKs[i].ID))
+			if ks.DEKs[i].State != core.StateDecryptOnly {
+				continue
 			}
+			id := ks.DEKs[i].ID
+			if !slices.Contains(replaced, id) {
+				kept = append(kept, fmt.Sprintf("%08x", id))
+				continue
+			}
+			if err := ks.SetState(id, core.StateRetired); err != nil {
+				return err
+			}
+			retired = append(retired, fmt.Sprintf("%08x", id))
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	res.Retired = retired
+	res.Retired, res.KeptOld = retired, kept
 	return nil
 }
 
@@ -440,15 +499,23 @@ func (a *app) reencryptRun(tbl *sqltable.Table, ks *core.Keyset, f *reencryptFla
 	// 1. Find or create the job; its target DEK is stored before any row
 	// is touched.
 	job, err := tbl.OpenJob(a.ctx)
-	if errors.Is(err, sqltable.ErrNoJob) && f.worker && !f.toPrimary {
-		// A worker that starts after the others finished must not start
-		// a second rotation.
-		if last, lerr := tbl.LastJob(a.ctx); lerr == nil && last.TargetDEK == primary.ID {
-			res.Job = last.ID
-			res.TargetDEK = fmt.Sprintf("%08x", last.TargetDEK)
-			res.Stats = &core.ReencryptStats{}
-			fmt.Fprintf(a.stderr, "keyctl: reencrypt: job %d onto the primary DEK %08x is already done; nothing to do\n", last.ID, last.TargetDEK)
-			return nil
+	toPrimary := f.toPrimary
+	if errors.Is(err, sqltable.ErrNoJob) && !f.toPrimary && !f.newDEK {
+		// The last rotation of this table is done and its DEK is still
+		// the primary: a rerun (say after a kill during the final verify)
+		// must not start a second rotation. A worker that starts after the
+		// others finished does nothing; a single run sweeps onto the
+		// primary and verifies (and retires, if asked).
+		if last, lerr := tbl.LastJob(a.ctx); lerr == nil && last.State == sqltable.JobDone && last.TargetDEK == primary.ID {
+			if f.worker {
+				res.Job = last.ID
+				res.TargetDEK = fmt.Sprintf("%08x", last.TargetDEK)
+				res.Stats = &core.ReencryptStats{}
+				fmt.Fprintf(a.stderr, "keyctl: reencrypt: job %d onto the primary DEK %08x is already done; nothing to do\n", last.ID, last.TargetDEK)
+				return nil
+			}
+			fmt.Fprintf(a.stderr, "keyctl: reencrypt: job %d onto the primary DEK %08x is done; re-encrypting onto it what remains (as --to-primary); give --new-dek to start another rotation\n", last.ID, last.TargetDEK)
+			toPrimary = true
 		}
 	}
 	if errors.Is(err, sqltable.ErrNoJob) {
@@ -456,7 +523,21 @@ func (a *app) reencryptRun(tbl *sqltable.Table, ks *core.Keyset, f *reencryptFla
 		if o.AAD == "" {
 			o.AAD = core.DefaultADFormat
 		}
-		if f.toPrimary {
+		if toPrimary {
+			// The target must be the primary now, not when the command
+			// started: a job onto a DEK that is no longer primary could
+			// never run.
+			now, _, lerr := a.loadKeyset()
+			if lerr != nil {
+				return lerr
+			}
+			p, perr := now.Primary()
+			if perr != nil {
+				return perr
+			}
+			if p.ID != primary.ID {
+				return fmt.Errorf("reencrypt: the keyset's primary DEK changed from %08x to %08x while starting; run again: %w", primary.ID, p.ID, core.ErrConflict)
+			}
 			o.TargetDEK = primary.ID
 		}
 		job, _, err = tbl.CreateJob(a.ctx, o)
@@ -496,7 +577,7 @@ func (a *app) reencryptRun(tbl *sqltable.Table, ks *core.Keyset, f *reencryptFla
 	}
 	if fc.PrimaryID() != job.TargetDEK {
 		return withHint(fmt.Errorf("reencrypt: job %d targets DEK %08x but the keyset's primary is now %08x: %w", job.ID, job.TargetDEK, fc.PrimaryID(), core.ErrFailedPrecondition),
-			"another rotation changed the primary; make the job's DEK primary again, or let this job finish first")
+			fmt.Sprintf("another rotation changed the primary; give the job up with --abandon-job (safe: every value is under a DEK of the keyset), then run again (--to-primary to move the values onto %08x)", fc.PrimaryID()))
 	}
 	for id, uerr := range fc.Unavailable() {
 		fmt.Fprintf(a.stderr, "keyctl: reencrypt: warning: DEK %08x cannot be unwrapped (%s); values under it will fail\n", id, oneLine(uerr.Error()))
@@ -541,7 +622,11 @@ func (a *app) reencryptRun(tbl *sqltable.Table, ks *core.Keyset, f *reencryptFla
 	res.OldValues = vst.OldValues(job.TargetDEK)
 	complete := a.checkVerified(tbl, vst, res)
 	if f.retireOld {
-		return a.retireOld(ks, job.TargetDEK, vst, complete, res)
+		replaced, err := tbl.ReplacedDEKs(a.ctx, job.TargetDEK)
+		if err != nil {
+			return fmt.Errorf("reencrypt: %w", err)
+		}
+		return a.retireOld(ks, job.TargetDEK, vst, complete, replaced, res)
 	}
 	return nil
 }
@@ -586,16 +671,16 @@ func (a *app) reencryptReport(res *reencryptResult) {
 		if res.NewDEK {
 			a.printf("new primary DEK %s added to the keyset (job %d)\n", res.TargetDEK, res.Job)
 		}
-		a.printf("reencrypt %s onto DEK %s: rows %d, re-encrypted %d, already current %d, null %d, conflicts %d, failed %d (%s)\n",
-			where, res.TargetDEK, st.Rows, st.Reencrypted, st.Current, st.Null, st.Conflicts, st.Failed, res.Elapsed)
+		a.printf("reencrypt %s onto DEK %s: rows %d, re-encrypted %d, already current %d, null %d, empty %d, conflicts %d, failed %d (%s)\n",
+			where, res.TargetDEK, st.Rows, st.Reencrypted, st.Current, st.Null, st.Empty, st.Conflicts, st.Failed, res.Elapsed)
 	}
 	if res.Mode == "dry-run" {
 		target := res.TargetDEK
 		if target == "" {
 			target = "a new DEK"
 		}
-		a.printf("dry run %s: %d value(s) would be re-encrypted onto %s, %d already current, %d null, %d invalid\n",
-			where, res.Stats.Reencrypted, target, res.Stats.Current, res.Stats.Null, res.Stats.Failed)
+		a.printf("dry run %s: %d value(s) would be re-encrypted onto %s, %d already current, %d null, %d empty, %d invalid\n",
+			where, res.Stats.Reencrypted, target, res.Stats.Current, res.Stats.Null, res.Stats.Empty, res.Stats.Failed)
 		for _, d := range res.WouldChange {
 			a.printf("  %s: DEK %s (%s): %d\n", d.Column, d.DEKID, d.State, d.Values)
 		}
@@ -614,5 +699,8 @@ func (a *app) reencryptReport(res *reencryptResult) {
 	}
 	for _, id := range res.Retired {
 		a.printf("DEK %s retired\n", id)
+	}
+	for _, id := range res.KeptOld {
+		a.printf("DEK %s stays decrypt-only: no rotation of this table replaced it (it may encrypt other tables)\n", id)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"hash/fnv"
 	"math"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,7 +27,13 @@ const (
 	JobRunning = "running"
 	// JobDone: every chunk is done.
 	JobDone = "done"
+	// JobAbandoned: given up by Abandon (keyctl reencrypt --abandon-job);
+	// its rows are under whatever DEK they were, all in the keyset.
+	JobAbandoned = "abandoned"
 )
+
+// openStates is the SQL list of the states of an unfinished job.
+const openStates = `('` + JobNewDEK + `', '` + JobRunning + `')`
 
 // Chunk states.
 const (
@@ -55,8 +63,12 @@ var schema = map[dialect][]string{
 			target_dek BIGINT,
 			state TEXT NOT NULL,
 			created BIGINT NOT NULL,
-			finished BIGINT)`,
-		`CREATE UNIQUE INDEX IF NOT EXISTS keyctl_reencrypt_jobs_open ON keyctl_reencrypt_jobs (tbl) WHERE state <> 'done'`,
+			finished BIGINT,
+			moved TEXT)`,
+		// Schema 1 had the index keyctl_reencrypt_jobs_open, WHERE state <>
+		// 'done'; an abandoned job is not open either.
+		`DROP INDEX IF EXISTS keyctl_reencrypt_jobs_open`,
+		`CREATE UNIQUE INDEX IF NOT EXISTS keyctl_reencrypt_jobs_open2 ON keyctl_reencrypt_jobs (tbl) WHERE state IN ('new-dek', 'running')`,
 		`CREATE TABLE IF NOT EXISTS keyctl_reencrypt_chunks (
 			job_id BIGINT NOT NULL,
 			chunk INTEGER NOT NULL,
@@ -79,8 +91,12 @@ var schema = map[dialect][]string{
 			target_dek BIGINT,
 			state TEXT NOT NULL,
 			created BIGINT NOT NULL,
-			finished BIGINT)`,
-		`CREATE UNIQUE INDEX IF NOT EXISTS keyctl_reencrypt_jobs_open ON keyctl_reencrypt_jobs (tbl) WHERE state <> 'done'`,
+			finished BIGINT,
+			moved TEXT)`,
+		// Schema 1 had the index keyctl_reencrypt_jobs_open, WHERE state <>
+		// 'done'; an abandoned job is not open either.
+		`DROP INDEX IF EXISTS keyctl_reencrypt_jobs_open`,
+		`CREATE UNIQUE INDEX IF NOT EXISTS keyctl_reencrypt_jobs_open2 ON keyctl_reencrypt_jobs (tbl) WHERE state IN ('new-dek', 'running')`,
 		`CREATE TABLE IF NOT EXISTS keyctl_reencrypt_chunks (
 			job_id BIGINT NOT NULL,
 			chunk INTEGER NOT NULL,
@@ -97,6 +113,12 @@ var schema = map[dialect][]string{
 // migrate creates the job tables if needed. Concurrent first runs may race
 // on CREATE in PostgreSQL: an advisory lock serialises them.
 func (db *DB) migrate(ctx context.Context) error {
+	db.mu.Lock()
+	done := db.migrated
+	db.mu.Unlock()
+	if done {
+		return nil
+	}
 	tx, err := db.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("%s: job tables: %w", db.where, err)
@@ -107,7 +129,30 @@ func (db *DB) migrate(ctx context.Context) error {
 			return fmt.Errorf("%s: job tables: %w", db.where, err)
 		}
 	}
-	for _, q := range schema[db.d] {
+	// Schema 1 had no column moved (the DEKs a job moved values from).
+	add := `ALTER TABLE keyctl_reencrypt_jobs ADD COLUMN IF NOT EXISTS moved TEXT`
+	if db.d == sqlite {
+		var n int
+		err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info('keyctl_reencrypt_jobs') WHERE name = 'moved'`).Scan(&n)
+		if err != nil {
+			return fmt.Errorf("%s: job tables: %w", db.where, err)
+		}
+		add = ""
+		if n == 0 {
+			var tables int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'keyctl_reencrypt_jobs'`).Scan(&tables); err != nil {
+				return fmt.Errorf("%s: job tables: %w", db.where, err)
+			}
+			if tables > 0 {
+				add = `ALTER TABLE keyctl_reencrypt_jobs ADD COLUMN moved TEXT`
+			}
+		}
+	}
+	qs := schema[db.d]
+	if add != "" {
+		qs = append(qs[:1:1], append([]string{add}, qs[1:]...)...)
+	}
+	for _, q := range qs {
 		if _, err := tx.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("%s: job tables: %w", db.where, err)
 		}
@@ -115,6 +160,9 @@ func (db *DB) migrate(ctx context.Context) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("%s: job tables: %w", db.where, err)
 	}
+	db.mu.Lock()
+	db.migrated = true
+	db.mu.Unlock()
 	return nil
 }
 
@@ -178,7 +226,7 @@ func (t *Table) OpenJob(ctx context.Context) (*Job, error) {
 	if err := t.db.migrate(ctx); err != nil {
 		return nil, err
 	}
-	j, err := t.readJob(ctx, `SELECT `+jobCols+` FROM keyctl_reencrypt_jobs WHERE tbl = `+t.db.ph(1)+` AND state <> 'done'`, t.spec.Table)
+	j, err := t.readJob(ctx, `SELECT `+jobCols+` FROM keyctl_reencrypt_jobs WHERE tbl = `+t.db.ph(1)+` AND state IN `+openStates, t.spec.Table)
 	if err != nil {
 		return nil, err
 	}
@@ -373,7 +421,7 @@ func (j *Job) Finish(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	db := j.t.db
-	if _, err := db.db.ExecContext(ctx, `UPDATE keyctl_reencrypt_jobs SET state = 'done', finished = `+db.ph(1)+` WHERE id = `+db.ph(2)+` AND state <> 'done'`, time.Now().Unix(), j.ID); err != nil {
+	if _, err := db.db.ExecContext(ctx, `UPDATE keyctl_reencrypt_jobs SET state = 'done', finished = `+db.ph(1)+` WHERE id = `+db.ph(2)+` AND state IN `+openStates, time.Now().Unix(), j.ID); err != nil {
 		return false, fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
 	}
 	j.State = JobDone
@@ -408,6 +456,13 @@ func (j *Job) Claim(ctx context.Context, owner string, lease time.Duration) (*Ch
 		return nil, fmt.Errorf("%s: job %d: claiming a chunk: %w", db.where, j.ID, err)
 	}
 	defer tx.Rollback()
+	var state string
+	if err := tx.QueryRowContext(ctx, `SELECT state FROM keyctl_reencrypt_jobs WHERE id = `+db.ph(1), j.ID).Scan(&state); err != nil {
+		return nil, fmt.Errorf("%s: job %d: claiming a chunk: %w", db.where, j.ID, err)
+	}
+	if state == JobAbandoned {
+		return nil, fmt.Errorf("%s: job %d was abandoned: %w", db.where, j.ID, core.ErrFailedPrecondition)
+	}
 	q := `SELECT chunk, lo, hi, checkpoint FROM keyctl_reencrypt_chunks
 		WHERE job_id = ` + db.ph(1) + ` AND (state = 'pending' OR (state = 'running' AND (lease_until < ` + db.nowMS() + ` OR lease_owner = ` + db.ph(2) + `)))
 		ORDER BY chunk LIMIT 1`
@@ -558,6 +613,9 @@ func (j *Job) Process(ctx context.Context, r *core.Reencrypter, o ProcessOptions
 		if err := c.Done(ctx); err != nil && !errors.Is(err, core.ErrLeaseLost) {
 			return st, err
 		}
+		if err := j.recordMoved(ctx, st.Moved); err != nil {
+			return st, err
+		}
 	}
 }
 
@@ -683,5 +741,113 @@ func (t *Table) CheckVerified(ctx context.Context, verified int64) error {
 		return fmt.Errorf("%s: table %s has %d row(s) but the verify pass read %d (rows inserted or deleted meanwhile?): %w: %w",
 			t.db.where, t.spec.Table, n, verified, ErrIncomplete, core.ErrFailedPrecondition)
 	}
+	return nil
+}
+
+// recordMoved adds the DEK ids of moved (core.ReencryptStats.Moved) to the
+// job's record of the DEKs it moved values from (see ReplacedDEKs).
+func (j *Job) recordMoved(ctx context.Context, moved map[uint32]int64) error {
+	if len(moved) == 0 {
+		return nil
+	}
+	db := j.t.db
+	tx, err := db.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
+	}
+	defer tx.Rollback()
+	q := `SELECT moved FROM keyctl_reencrypt_jobs WHERE id = ` + db.ph(1)
+	if db.d == postgres {
+		q += ` FOR UPDATE`
+	}
+	var cur sql.NullString
+	if err := tx.QueryRowContext(ctx, q, j.ID).Scan(&cur); err != nil {
+		return fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
+	}
+	ids := parseDEKList(cur.String)
+	n := len(ids)
+	for id := range moved {
+		if id != 0 && id != j.TargetDEK && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == n {
+		return nil
+	}
+	slices.Sort(ids)
+	list := make([]string, len(ids))
+	for i, id := range ids {
+		list[i] = strconv.FormatUint(uint64(id), 10)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE keyctl_reencrypt_jobs SET moved = `+db.ph(1)+` WHERE id = `+db.ph(2), strings.Join(list, ","), j.ID); err != nil {
+		return fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
+	}
+	return nil
+}
+
+func parseDEKList(s string) []uint32 {
+	var ids []uint32
+	for _, f := range strings.Split(s, ",") {
+		if id, err := strconv.ParseUint(f, 10, 32); err == nil && id != 0 {
+			ids = append(ids, uint32(id))
+		}
+	}
+	return ids
+}
+
+// ReplacedDEKs returns the DEKs that the finished jobs on t's table onto
+// target replaced: each job's prev_dek (the keyset's primary when it
+// started) and the DEKs it moved values of these columns from. These are
+// the DEKs keyctl reencrypt --retire-old may retire once a verify pass
+// finds no value under them; target itself is never among them.
+func (t *Table) ReplacedDEKs(ctx context.Context, target uint32) ([]uint32, error) {
+	if err := t.db.migrate(ctx); err != nil {
+		return nil, err
+	}
+	rows, err := t.db.db.QueryContext(ctx, `SELECT prev_dek, COALESCE(moved, '') FROM keyctl_reencrypt_jobs WHERE tbl = `+t.db.ph(1)+` AND state = '`+JobDone+`' AND target_dek = `+t.db.ph(2),
+		t.spec.Table, int64(target))
+	if err != nil {
+		return nil, fmt.Errorf("%s: job table: %w", t.db.where, err)
+	}
+	defer rows.Close()
+	var out []uint32
+	for rows.Next() {
+		var prev int64
+		var moved string
+		if err := rows.Scan(&prev, &moved); err != nil {
+			return nil, fmt.Errorf("%s: job table: %w", t.db.where, err)
+		}
+		for _, id := range append(parseDEKList(moved), uint32(prev)) {
+			if id != 0 && id != target && !slices.Contains(out, id) {
+				out = append(out, id)
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%s: job table: %w", t.db.where, err)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// Abandon marks the job abandoned, so that it no longer blocks a new job
+// on the table (for a job whose target DEK is no longer the keyset's
+// primary because another rotation happened meanwhile). It is safe: the
+// job only ever moved values between DEKs that stay in the keyset, and
+// values it did not reach are under the DEK they were. Workers still on the
+// job finish their current batch and stop at their next claim.
+func (j *Job) Abandon(ctx context.Context) error {
+	db := j.t.db
+	res, err := db.db.ExecContext(ctx, `UPDATE keyctl_reencrypt_jobs SET state = '`+JobAbandoned+`', finished = `+db.ph(1)+` WHERE id = `+db.ph(2)+` AND state IN `+openStates, time.Now().Unix(), j.ID)
+	if err != nil {
+		return fmt.Errorf("%s: job %d: %w", db.where, j.ID, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return fmt.Errorf("%s: job %d is no longer open: %w", db.where, j.ID, ErrNoJob)
+	}
+	j.State = JobAbandoned
 	return nil
 }

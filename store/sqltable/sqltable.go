@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
@@ -56,6 +57,9 @@ type DB struct {
 	d     dialect
 	where string // "sqlite PATH" or "postgres": never the URL (it may hold a password)
 	path  string // SQLite file
+
+	mu       sync.Mutex
+	migrated bool // the job tables are created and up to date
 }
 
 // OpenSQLite opens the SQLite database file at path (it must exist) with

@@ -533,3 +533,85 @@ func TestKeyMustBeUnique(t *testing.T) {
 		})
 	}
 }
+
+// Abandon frees the table for a new job and stops the job's workers;
+// ReplacedDEKs names the previous DEK and the DEKs a finished job moved
+// values from, never its target, and nothing of an abandoned job.
+func TestAbandonAndReplaced(t *testing.T) {
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			db := openKind(t, kind)
+			k := newKeys(t, "users")
+			fill(t, db, k, 100)
+			tbl, _ := db.Table(t.Context(), spec)
+			stuck, _, err := tbl.CreateJob(t.Context(), sqltable.JobOptions{AAD: core.DefaultADFormat, PrevDEK: 0x77, TargetDEK: 0x99})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := stuck.Abandon(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if err := stuck.Abandon(t.Context()); !errors.Is(err, sqltable.ErrNoJob) {
+				t.Errorf("abandon twice: %v", err)
+			}
+			if _, err := stuck.Claim(t.Context(), "w", time.Minute); !errors.Is(err, core.ErrFailedPrecondition) {
+				t.Errorf("claim on an abandoned job: %v", err)
+			}
+			if _, err := tbl.OpenJob(t.Context()); !errors.Is(err, sqltable.ErrNoJob) {
+				t.Fatalf("open job after abandon: %v", err)
+			}
+			job, created, err := tbl.CreateJob(t.Context(), sqltable.JobOptions{AAD: core.DefaultADFormat, PrevDEK: 0x55, TargetDEK: k.newID})
+			if err != nil || !created {
+				t.Fatalf("new job after abandon: %v %v", created, err)
+			}
+			r, _ := core.NewReencrypter(core.ReencryptOptions{Cipher: k.newFC, AD: k.ad.Func(), Batch: 30})
+			st, err := job.Process(t.Context(), r, sqltable.ProcessOptions{Owner: "single"}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Moved[k.oldID] != 180 {
+				t.Errorf("moved %v, want 180 values from the old DEK", st.Moved)
+			}
+			got, err := tbl.ReplacedDEKs(t.Context(), k.newID)
+			if err != nil || fmt.Sprint(got) != fmt.Sprint([]uint32{0x55, k.oldID}) {
+				t.Errorf("ReplacedDEKs = %x, %v; want [55 %x]", got, err, k.oldID)
+			}
+			if got, _ := tbl.ReplacedDEKs(t.Context(), 0x99); len(got) != 0 {
+				t.Errorf("ReplacedDEKs of the abandoned job's target = %x", got)
+			}
+		})
+	}
+}
+
+// A database whose job tables were created by schema 1 (no moved column,
+// index keyctl_reencrypt_jobs_open on state <> 'done') is migrated.
+func TestJobSchemaMigration(t *testing.T) {
+	db := openKind(t, "sqlite")
+	for _, q := range []string{
+		`CREATE TABLE keyctl_reencrypt_jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, key_col TEXT NOT NULL, cols TEXT NOT NULL, aad TEXT NOT NULL,
+			prev_dek BIGINT NOT NULL, target_dek BIGINT, state TEXT NOT NULL, created BIGINT NOT NULL, finished BIGINT)`,
+		`CREATE UNIQUE INDEX keyctl_reencrypt_jobs_open ON keyctl_reencrypt_jobs (tbl) WHERE state <> 'done'`,
+		`INSERT INTO keyctl_reencrypt_jobs (tbl, key_col, cols, aad, prev_dek, target_dek, state, created) VALUES ('users', 'id', 'email,name', '', 1, 2, 'done', 0)`,
+	} {
+		if _, err := db.SQL().Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := newKeys(t, "users")
+	fill(t, db, k, 10)
+	tbl, _ := db.Table(t.Context(), spec)
+	got, err := tbl.ReplacedDEKs(t.Context(), 2)
+	if err != nil || fmt.Sprint(got) != "[1]" {
+		t.Fatalf("ReplacedDEKs after migration: %v %v", got, err)
+	}
+	j, _, err := tbl.CreateJob(t.Context(), sqltable.JobOptions{AAD: core.DefaultADFormat, PrevDEK: 2, TargetDEK: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Abandon(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, created, err := tbl.CreateJob(t.Context(), sqltable.JobOptions{AAD: core.DefaultADFormat, PrevDEK: 2, TargetDEK: 3}); err != nil || !created {
+		t.Fatalf("a job after an abandoned one, on a migrated schema: %v %v", created, err)
+	}
+}
