@@ -512,6 +512,12 @@ func Verify(ctx context.Context, src ReencryptSource, batch int, progress func(s
 // literal text that contains a character outside [A-Za-z0-9_-]; ParseADTemplate
 // refuses a template that breaks this rule, or that leaves out {key} (a
 // value could then be copied into another row and still decrypt).
+//
+// What the associated data binds is what the template names: without
+// {column} (see [ADTemplate.BindsColumn]) the values of two columns of a
+// row can be swapped and still decrypt, so a caller re-encrypting several
+// columns must require it; without {table}, a value copied to the same
+// column and key of another table still decrypts.
 type ADTemplate struct {
 	table string
 	parts []adPart
@@ -615,6 +621,22 @@ func oneLineQ(s string) string {
 		s = s[:64] + "..."
 	}
 	return s
+}
+
+// BindsColumn reports whether the template has {column}: whether values
+// of different columns of one row get different associated data.
+func (t *ADTemplate) BindsColumn() bool { return t.has('c') }
+
+// BindsTable reports whether the template has {table}.
+func (t *ADTemplate) BindsTable() bool { return t.has('t') }
+
+func (t *ADTemplate) has(ph byte) bool {
+	for _, p := range t.parts {
+		if p.ph == ph {
+			return true
+		}
+	}
+	return false
 }
 
 // String returns the format the template was parsed from.

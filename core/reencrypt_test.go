@@ -443,7 +443,7 @@ func TestValidIdentifier(t *testing.T) {
 // panics; an accepted one expands without panicking and keys map to
 // distinct associated data.
 func FuzzADTemplate(f *testing.F) {
-	for _, s := range []string{core.DefaultADFormat, "{table}|{column}|{key}", "{{{key}}}", "{key", "}", "{column}{key}"} {
+	for _, s := range []string{core.DefaultADFormat, "{table}|{column}|{key}", "{{{key}}}", "{key", "}", "{column}{key}", "{key}", "{column}:{key}", "{table}/{key}"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, format string) {
@@ -459,6 +459,25 @@ func FuzzADTemplate(f *testing.F) {
 		c := tpl.Append(nil, "email1", 1)
 		if bytes.Equal(a, b) || bytes.Equal(b, c) {
 			t.Fatalf("%q: ambiguous expansion %q %q %q", format, a, b, c)
+		}
+		// Different columns of one row: distinct exactly when the
+		// template binds the column (keyctl reencrypt requires {column}
+		// with several columns).
+		for _, pair := range [][2]string{{"email", "phone"}, {"a", "a1"}, {"a1", "a_1"}, {"email", "email_"}} {
+			x, y := tpl.Append(nil, pair[0], 7), tpl.Append(nil, pair[1], 7)
+			if bytes.Equal(x, y) == tpl.BindsColumn() {
+				t.Fatalf("%q (binds column: %v): columns %q and %q of key 7 give %q and %q", format, tpl.BindsColumn(), pair[0], pair[1], x, y)
+			}
+		}
+		// Different tables, same column and key: distinct exactly when
+		// the template binds the table.
+		other, err := core.ParseADTemplate(format, "users2")
+		if err != nil {
+			t.Fatalf("%q parses for users but not users2: %v", format, err)
+		}
+		x, y := tpl.Append(nil, "email", 7), other.Append(nil, "email", 7)
+		if bytes.Equal(x, y) == tpl.BindsTable() {
+			t.Fatalf("%q (binds table: %v): tables users and users2 give %q and %q", format, tpl.BindsTable(), x, y)
 		}
 	})
 }

@@ -127,7 +127,6 @@ func (a *app) reencryptCommand() *cobra.Command {
   keyctl reencrypt --sqlite app.db --table users --key id --column email --verify --retire-old`,
 		Args: cobra.NoArgs,
 		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			f.aad = strings.TrimSpace(f.aad)
 			return a.reencrypt(cmd, &f)
 		}),
 	}
@@ -189,8 +188,13 @@ func (a *app) reencrypt(cmd *cobra.Command, f *reencryptFlags) error {
 		return fmt.Errorf("reencrypt: %w", err)
 	}
 	if f.aad != "" {
-		if _, err := core.ParseADTemplate(f.aad, f.table); err != nil {
-			return fmt.Errorf("reencrypt: --aad: %w", err)
+		// Spaces are part of the associated data: trimming them would
+		// silently form other bytes than the application's.
+		if strings.TrimSpace(f.aad) != f.aad {
+			return usagef("reencrypt: --aad %q starts or ends with white space, which would be part of the associated data; quote it exactly as the application forms it", f.aad)
+		}
+		if _, err := checkADTemplate(f.aad, f); err != nil {
+			return err
 		}
 	}
 
@@ -274,6 +278,18 @@ func (a *app) openReencryptDB(f *reencryptFlags) (*sqltable.DB, error) {
 		return nil, withHint(usagef("reencrypt: environment variable %s is not set or empty", f.dbEnv),
 			fmt.Sprintf("export %s=postgres://USER@HOST/DB", f.dbEnv))
 	}
+	// The URL may carry a password: provider plugins, third-party ones
+	// included, are started later (a.keyring) and inherit the process's
+	// environment, so the variable leaves it now. keyctl itself still finds
+	// it (the keyset block may name the same variable).
+	_ = os.Unsetenv(f.dbEnv)
+	getenv, name := a.getenv, f.dbEnv
+	a.getenv = func(k string) (string, bool) {
+		if k == name {
+			return url, true
+		}
+		return getenv(k)
+	}
 	db, err := sqltable.OpenPostgres(a.ctx, url)
 	if err != nil {
 		return nil, fmt.Errorf("reencrypt: %w", err)
@@ -295,9 +311,20 @@ func adTemplate(f *reencryptFlags, job *sqltable.Job) (*core.ADTemplate, error) 
 	if format == "" {
 		format = core.DefaultADFormat
 	}
+	return checkADTemplate(format, f)
+}
+
+// checkADTemplate parses format for f's table and requires {column} when
+// several columns are re-encrypted: without it their values could be
+// swapped within a row and still decrypt.
+func checkADTemplate(format string, f *reencryptFlags) (*core.ADTemplate, error) {
 	t, err := core.ParseADTemplate(format, f.table)
 	if err != nil {
 		return nil, fmt.Errorf("reencrypt: --aad: %w", err)
+	}
+	if len(f.columns) > 1 && !t.BindsColumn() {
+		return nil, withHint(usagef("reencrypt: --aad %q has no {column}, so the %d columns' values could be swapped within a row and still decrypt", format, len(f.columns)),
+			"re-encrypt each column in its own run if the application really forms the associated data without the column name")
 	}
 	return t, nil
 }

@@ -533,3 +533,29 @@ func TestReencryptLarge(t *testing.T) {
 		})
 	}
 }
+
+// TestReencryptDBEnvHidden: the variable named by --db-env (a PostgreSQL
+// URL, which can carry a password) is not in the environment of the
+// provider plugins keyctl reencrypt starts; other variables are.
+func TestReencryptDBEnvHidden(t *testing.T) {
+	e := newReEnv(t, "postgres", 10)
+	dump := filepath.Join(e.dir, "plugin-env.txt")
+	e.env = append(e.env, "KEYCTL_TEST_PLUGIN_ENV_DUMP="+dump, "KEYCTL_TEST_VISIBLE=yes")
+	url := strings.TrimPrefix(e.env[0], reDBEnv+"=")
+	cmd, out := reKeyctlCmd(e, append([]string{"reencrypt", "--table", "users", "--key", "id", "--column", "email", "--progress", "none"}, e.dbArgs...)...)
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("keyctl reencrypt: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(dump)
+	if err != nil {
+		t.Fatalf("the provider plugin did not dump its environment: %v", err)
+	}
+	env := string(b)
+	if strings.Contains(env, url) || strings.Contains(env, reDBEnv+"=") {
+		t.Error("the provider plugin inherited the --db-env variable")
+	}
+	if !strings.Contains(env, "KEYCTL_TEST_VISIBLE=yes") {
+		t.Error("the provider plugin lost an ordinary variable")
+	}
+	e.check(t)
+}
