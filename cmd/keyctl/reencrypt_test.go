@@ -175,8 +175,10 @@ func (e *reEnv) dekCount(t testing.TB) int {
 	return len(ks.DEKs)
 }
 
-// writer updates random rows until ctx ends, reloading the keyset every
-// reload writes; it returns the number of writes.
+// writer updates random rows, and every 10th write inserts a new row
+// (after the largest key: the job's last chunk covers it), until ctx ends,
+// reloading the keyset every reload writes; it returns the number of
+// writes.
 func (e *reEnv) writer(ctx context.Context, t testing.TB, url string, reload int) int {
 	var db *sql.DB
 	switch e.kind {
@@ -198,8 +200,10 @@ func (e *reEnv) writer(ctx context.Context, t testing.TB, url string, reload int
 		db = d.SQL()
 	}
 	q := `UPDATE users SET email = ?1 WHERE id = ?2`
+	ins := `INSERT INTO users (email, id) VALUES (?1, ?2)`
 	if e.kind == "postgres" {
 		q = `UPDATE users SET email = $1 WHERE id = $2`
+		ins = `INSERT INTO users (email, id) VALUES ($1, $2)`
 	}
 	n := 0
 	var fc *core.FieldCipher
@@ -207,10 +211,14 @@ func (e *reEnv) writer(ctx context.Context, t testing.TB, url string, reload int
 		if n%reload == 0 {
 			fc = e.cipher(t)
 		}
+		// Keys are 1..len(latest): only this goroutine inserts.
 		e.mu.Lock()
 		rows := int64(len(e.latest))
 		e.mu.Unlock()
-		id := rand.Int64N(rows) + 1
+		id, stmt := rand.Int64N(rows)+1, q
+		if n%10 == 9 {
+			id, stmt = rows+1, ins
+		}
 		pt := fmt.Sprintf("write%d-%d@example.org", n, id)
 		ct, err := fc.Encrypt([]byte(pt), core.FieldAD("users", "email", id))
 		if err != nil {
@@ -220,7 +228,7 @@ func (e *reEnv) writer(ctx context.Context, t testing.TB, url string, reload int
 		// The plaintext is recorded under the lock held across the write,
 		// so that the map and the row change together.
 		e.mu.Lock()
-		_, err = db.ExecContext(context.Background(), q, ct, id)
+		_, err = db.ExecContext(context.Background(), stmt, ct, id)
 		if err == nil {
 			e.latest[id] = pt
 		}

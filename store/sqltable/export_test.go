@@ -8,3 +8,6 @@ func SetLockWait(d time.Duration) (restore func()) {
 	lockWait = d
 	return func() { lockWait = old }
 }
+
+// Retryable exposes retryable to the tests.
+var Retryable = retryable

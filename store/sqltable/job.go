@@ -345,7 +345,14 @@ func splitRange(lo, hi int64, ok bool, span int64) [][2]int64 {
 	out := make([][2]int64, 0, n)
 	start := int64(math.MinInt64)
 	for i := uint64(1); i < n; i++ {
-		end := int64(uint64(lo) + i*step - 1)
+		// Offsets from lo, in uint64: i*step-1 < width keeps the end
+		// below hi, so lo+off cannot pass math.MaxInt64 (the rounding up
+		// of step could, for a range near the top, without this stop).
+		off := i*step - 1
+		if off >= width {
+			break
+		}
+		end := int64(uint64(lo) + off)
 		out = append(out, [2]int64{start, end})
 		start = end + 1
 	}
@@ -502,9 +509,30 @@ func (c *Chunk) Reread(ctx context.Context, keys []int64) ([]core.ReencryptRow, 
 	return c.job.t.reread(ctx, keys)
 }
 
+// applyAttempts is how many times Apply runs a batch's transaction that
+// failed on a deadlock, a serialization failure or a busy database.
+var applyAttempts = 5
+
 // Apply implements core.ReencryptSource: the swaps, the checkpoint and a
-// renewed lease in one transaction.
+// renewed lease in one transaction. A transaction that fails on a
+// PostgreSQL deadlock or serialization failure, or on a busy SQLite
+// database, was rolled back as a whole: it is run again, a few times, with
+// a short back-off, instead of ending the run.
 func (c *Chunk) Apply(ctx context.Context, updates []core.RowUpdate, checkpoint core.Cursor) ([]bool, error) {
+	for attempt := 1; ; attempt++ {
+		swapped, err := c.applyOnce(ctx, updates, checkpoint)
+		if err == nil || attempt >= applyAttempts || !retryable(err) || ctx.Err() != nil {
+			return swapped, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(time.Duration(attempt*attempt) * 20 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Chunk) applyOnce(ctx context.Context, updates []core.RowUpdate, checkpoint core.Cursor) ([]bool, error) {
 	t := c.job.t
 	db := t.db
 	tx, err := db.db.BeginTx(ctx, nil)

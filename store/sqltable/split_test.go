@@ -20,6 +20,13 @@ func TestSplitRange(t *testing.T) {
 		{-500, 500, true, 100, 11},
 		{math.MinInt64, math.MaxInt64, true, 1, MaxChunks},
 		{0, math.MaxInt64, true, 1 << 40, MaxChunks},
+		// Near the ends of int64 (keyctl reencrypt --chunk-keys 1): the
+		// step is rounded up, so the last offsets would pass MaxInt64 and
+		// wrap; chunks stop at hi instead.
+		{math.MaxInt64 - 5000, math.MaxInt64, true, 1, 2501},
+		{math.MinInt64, math.MinInt64 + 5000, true, 1, 2501},
+		{math.MaxInt64 - 1, math.MaxInt64, true, 1, 2},
+		{math.MaxInt64 - 10000, math.MaxInt64, true, 3, 3334},
 	} {
 		got := splitRange(tc.lo, tc.hi, tc.ok, tc.span)
 		if len(got) != tc.n {

@@ -28,6 +28,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	"github.com/keyctl/keyctl/core"
 	msqlite "modernc.org/sqlite" // also the database/sql driver "sqlite"
@@ -94,11 +96,17 @@ func OpenSQLite(ctx context.Context, path string) (*DB, error) {
 }
 
 // OpenPostgres connects to the PostgreSQL database at url (a libpq URL or
-// key=value string). Errors never echo the URL.
+// key=value string). A url that does not parse is an error wrapping
+// core.ErrMalformed with a fixed message (the parser's would quote parts
+// of it); a server that cannot be reached wraps core.ErrUnavailable and
+// may name the host, user and database, never the password.
 func OpenPostgres(ctx context.Context, url string) (*DB, error) {
+	if _, err := pgx.ParseConfig(url); err != nil {
+		return nil, fmt.Errorf("postgres: the database URL does not parse (want postgres://USER@HOST/DB or key=value pairs): %w", core.ErrMalformed)
+	}
 	db, err := sql.Open("pgx", url)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
+		return nil, fmt.Errorf("postgres: the database URL is not usable: %w", core.ErrMalformed)
 	}
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
@@ -119,6 +127,22 @@ func (db *DB) SQL() *sql.DB { return db.db }
 
 // String names the database for messages: "sqlite PATH" or "postgres".
 func (db *DB) String() string { return db.where }
+
+// retryable reports whether a transaction that failed with err may simply
+// be run again: a PostgreSQL deadlock (40P01) or serialization failure
+// (40001), or SQLite's busy or locked database.
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code == "40P01" || pe.Code == "40001"
+	}
+	var se *msqlite.Error
+	if errors.As(err, &se) {
+		c := se.Code() & 0xff
+		return c == sqlite3.SQLITE_BUSY || c == sqlite3.SQLITE_LOCKED
+	}
+	return false
+}
 
 func sqliteBusy(err error) bool {
 	var se *msqlite.Error

@@ -2,14 +2,17 @@ package sqltable_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/keyctl/keyctl/core"
 	"github.com/keyctl/keyctl/internal/pgtest"
 	"github.com/keyctl/keyctl/store/sqltable"
@@ -613,5 +616,127 @@ func TestJobSchemaMigration(t *testing.T) {
 	}
 	if _, created, err := tbl.CreateJob(t.Context(), sqltable.JobOptions{AAD: core.DefaultADFormat, PrevDEK: 2, TargetDEK: 3}); err != nil || !created {
 		t.Fatalf("a job after an abandoned one, on a migrated schema: %v %v", created, err)
+	}
+}
+
+// A worker whose lease expired sends its batch while worker B holds the
+// chunk (running, B's lease live): only the lease_owner condition tells
+// the two apart, and it refuses A's batch; nothing of it is stored.
+func TestLateBatchWhileTakenOver(t *testing.T) {
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			db := openKind(t, kind)
+			k := newKeys(t, "users")
+			plain := fill(t, db, k, 50)
+			tbl, _ := db.Table(t.Context(), spec)
+			job, _, err := tbl.CreateJob(t.Context(), sqltable.JobOptions{AAD: core.DefaultADFormat, PrevDEK: k.oldID, TargetDEK: k.newID, ChunkKeys: 1 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, err := job.Claim(t.Context(), "worker-a", 200*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows, _ := a.Scan(t.Context(), core.Cursor{}, 10)
+			r, _ := core.NewReencrypter(core.ReencryptOptions{Cipher: k.newFC, AD: k.ad.Func(), Batch: 10})
+			// A prepares its batch, then stalls past its lease.
+			var updates []core.RowUpdate
+			for _, row := range rows {
+				ct, _ := k.newFC.Encrypt([]byte("stale"), k.ad.Append(nil, "email", row.Key))
+				updates = append(updates, core.RowUpdate{Key: row.Key, Set: []core.ColumnUpdate{{Column: 0, Old: row.Values[0], New: core.FieldValue{Data: ct}}}})
+			}
+			time.Sleep(300 * time.Millisecond)
+			b, err := job.Claim(t.Context(), "worker-b", time.Minute)
+			if err != nil || b.N != a.N {
+				t.Fatalf("B claims A's expired chunk: %+v %v", b, err)
+			}
+			c, _ := job.Counts(t.Context())
+			if c.Running != 1 || c.Live != 1 {
+				t.Fatalf("counts while B holds the chunk: %+v", c)
+			}
+			if _, err := a.Apply(t.Context(), updates, core.Cursor{Set: true, Key: rows[len(rows)-1].Key}); !errors.Is(err, core.ErrLeaseLost) {
+				t.Fatalf("A's late batch while B holds the chunk: %v", err)
+			}
+			if err := a.Done(t.Context()); !errors.Is(err, core.ErrLeaseLost) {
+				t.Fatalf("A marks B's chunk done: %v", err)
+			}
+			checkAll(t, db, k, plain, 0) // nothing of A's batch is stored
+			again, _ := job.Claim(t.Context(), "worker-b", time.Minute)
+			if again.Checkpoint.Set {
+				t.Fatalf("checkpoint moved by A's refused batch: %v", again.Checkpoint)
+			}
+			if _, err := r.Run(t.Context(), b, b.Checkpoint, nil); err != nil {
+				t.Fatal(err)
+			}
+			checkAll(t, db, k, plain, k.newID)
+		})
+	}
+}
+
+// Deadlocks, serialization failures and a busy SQLite database are
+// retried; other errors are not.
+func TestRetryable(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("batch: %w", &pgconn.PgError{Code: "40P01"}), true},
+		{&pgconn.PgError{Code: "40001"}, true},
+		{&pgconn.PgError{Code: "23505"}, false},
+		{errors.New("database is locked (SQLITE_BUSY)"), false}, // only the driver's typed error counts
+		{context.Canceled, false},
+	} {
+		if got := sqltable.Retryable(tc.err); got != tc.want {
+			t.Errorf("retryable(%v) = %v", tc.err, got)
+		}
+	}
+	// A real SQLITE_BUSY: a second connection writing while the first
+	// holds the write lock, with no busy timeout.
+	path := filepath.Join(t.TempDir(), "busy.db")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sqltable.OpenSQLite(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.SQL().Exec(`CREATE TABLE x (k INTEGER PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.SQL().Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	other, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(0)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	_, err = other.Exec(`INSERT INTO x (k) VALUES (1)`)
+	if err == nil || !sqltable.Retryable(err) {
+		t.Errorf("write to a locked SQLite database: %v, retryable %v", err, sqltable.Retryable(err))
+	}
+}
+
+// A PostgreSQL URL that does not parse is bad input (core.ErrMalformed,
+// not ErrUnavailable), and the error quotes none of it.
+func TestOpenPostgresMalformed(t *testing.T) {
+	for _, url := range []string{
+		"postgres://app:s3cret@db.internal:notaport/appdb",
+		"postgres://app:s3cret@%zz/appdb",
+		"host=db.internal user=app password=s3cret dbname=appdb sslmode=bogus",
+	} {
+		_, err := sqltable.OpenPostgres(t.Context(), url)
+		if !errors.Is(err, core.ErrMalformed) || errors.Is(err, core.ErrUnavailable) {
+			t.Errorf("%q: %v", url, err)
+			continue
+		}
+		for _, part := range []string{"s3cret", "db.internal", "app", "notaport"} {
+			if strings.Contains(err.Error(), part) {
+				t.Errorf("%q: the error quotes %q: %v", url, part, err)
+			}
+		}
 	}
 }
