@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/keyctl/keyctl/core"
 )
 
 // maxBody bounds a request body: an e-mail address and a little JSON.
@@ -18,22 +20,30 @@ const maxBody = 4 << 10
 //
 //	POST /users            {"email": "..."}  -> 201 {"id": 1}
 //	GET  /users/{id}                         -> 200 {"id": 1, "email": "..."}
+//	POST /users/lookup     {"email": "..."}  -> 200 {"id": 1, "email": "..."}
 //	GET  /users?email=...                    -> 200 {"id": 1, "email": "..."}
 //
-// Errors are JSON {"error": "..."}: 400 for bad input, 404 for an unknown
-// user, 409 for an e-mail address already registered, 500 for a stored
-// value that does not decrypt, 503 when the instance must reload. Each
-// request is logged with its method, route pattern, status and duration:
-// never its URL, whose query string may hold an e-mail address.
+// Prefer POST /users/lookup: the address of GET /users?email= is in the
+// URL, which proxies, load balancers and browsers' histories record (this
+// service's own log never does). Errors are JSON {"error": "..."}: 400 for
+// bad input, 404 for an unknown user, 409 for an e-mail address already
+// registered, 500 for a stored value that does not decrypt or does not
+// match its index (a fixed message; the cause, naming the row, goes to the
+// log only), 503 when the instance must reload. Each request is logged
+// with its method, route pattern, status and duration: never its URL,
+// whose query string may hold an e-mail address.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /users", s.handleCreate)
 	mux.HandleFunc("GET /users/{id}", s.handleGet)
+	mux.HandleFunc("POST /users/lookup", s.handleLookupPost)
 	mux.HandleFunc("GET /users", s.handleLookup)
 	return s.logRequests(mux)
 }
 
-func (s *Service) handleCreate(w http.ResponseWriter, r *http.Request) {
+// readEmail decodes a request body {"email": "..."}; on failure it has
+// written the error response and returns false.
+func (s *Service) readEmail(w http.ResponseWriter, r *http.Request) (string, bool) {
 	var req struct {
 		Email *string `json:"email"`
 	}
@@ -43,20 +53,28 @@ func (s *Service) handleCreate(w http.ResponseWriter, r *http.Request) {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			s.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", maxBody), nil)
-			return
+			return "", false
 		}
 		s.fail(w, r, http.StatusBadRequest, "request body must be a JSON object {\"email\": \"...\"}", nil)
-		return
+		return "", false
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		s.fail(w, r, http.StatusBadRequest, "request body must hold one JSON object only", nil)
-		return
+		return "", false
 	}
 	if req.Email == nil {
 		s.fail(w, r, http.StatusBadRequest, "missing field \"email\"", nil)
+		return "", false
+	}
+	return *req.Email, true
+}
+
+func (s *Service) handleCreate(w http.ResponseWriter, r *http.Request) {
+	email, ok := s.readEmail(w, r)
+	if !ok {
 		return
 	}
-	id, err := s.Create(r.Context(), *req.Email)
+	id, err := s.Create(r.Context(), email)
 	switch {
 	case err == nil:
 		w.Header().Set("Location", "/users/"+strconv.FormatInt(id, 10))
@@ -93,6 +111,15 @@ func (s *Service) handleLookup(w http.ResponseWriter, r *http.Request) {
 	s.reply(w, r, u, err)
 }
 
+func (s *Service) handleLookupPost(w http.ResponseWriter, r *http.Request) {
+	email, ok := s.readEmail(w, r)
+	if !ok {
+		return
+	}
+	u, err := s.Lookup(r.Context(), email)
+	s.reply(w, r, u, err)
+}
+
 // reply writes the outcome of Get or Lookup.
 func (s *Service) reply(w http.ResponseWriter, r *http.Request, u User, err error) {
 	switch {
@@ -102,11 +129,17 @@ func (s *Service) reply(w http.ResponseWriter, r *http.Request, u User, err erro
 		s.fail(w, r, http.StatusBadRequest, err.Error(), nil)
 	case errors.Is(err, ErrNotFound):
 		s.fail(w, r, http.StatusNotFound, err.Error(), nil)
-	default:
+	case errors.Is(err, ErrIndexMismatch):
+		// An altered index column: the row found is not the one asked for.
+		s.fail(w, r, http.StatusInternalServerError, ErrIndexMismatch.Error(), err)
+	case core.IsInputError(err):
 		// A value that does not decrypt (moved from another row, altered,
-		// or under a DEK this instance has not loaded) or an altered
-		// index. The message names the row, never its content.
-		s.fail(w, r, http.StatusInternalServerError, "the stored e-mail cannot be read: "+err.Error(), err)
+		// or under a DEK this instance has not loaded). The client gets a
+		// fixed message; the log gets the cause, which names the row and
+		// the DEK id, never the content.
+		s.fail(w, r, http.StatusInternalServerError, "the stored e-mail cannot be read: it cannot decrypt with this instance's keys", err)
+	default:
+		s.fail(w, r, http.StatusInternalServerError, "internal error", err)
 	}
 }
 

@@ -14,7 +14,8 @@
 //
 //	curl -s -XPOST localhost:8080/users -d '{"email":"alice@example.com"}'
 //	curl -s localhost:8080/users/1
-//	curl -s 'localhost:8080/users?email=Alice@Example.com'
+//	curl -s -XPOST localhost:8080/users/lookup -d '{"email":"Alice@Example.com"}'
+//	curl -s 'localhost:8080/users?email=Alice@Example.com'   # the same; the address lands in proxy logs
 //
 // Rotating the blind-index key, one step at a time (reload every running
 // instance with SIGHUP between steps):

@@ -69,6 +69,9 @@ func (s *Service) BeginIndexRotation(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("begin index rotation: keyset %q: %w", s.cfg.IndexKeyset, err)
 	}
+	if s.hookBeginDEKAdded != nil {
+		s.hookBeginDEKAdded()
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return "", fmt.Errorf("begin index rotation: %w", err)
@@ -94,6 +97,24 @@ func (s *Service) BeginIndexRotation(ctx context.Context) (string, error) {
 	}
 	if err := tx.Commit(); err != nil {
 		return "", fmt.Errorf("begin index rotation: commit: %w", err)
+	}
+	// A FinishIndexRotation of the previous rotation that ran its keyset
+	// update between our AddDEK and our commit saw no column using the new
+	// DEK and retired it (it checks the columns under the keyset's lock, so
+	// from now on it sees ours): make it the primary again.
+	err = s.indexStore.Update(ctx, func(ks *core.Keyset) error {
+		e, err := ks.Entry(id)
+		if err != nil {
+			return err
+		}
+		if e.State == core.StatePrimary {
+			return nil
+		}
+		s.log.Warn("index DEK restored as primary after a concurrent finish", "index_dek", fmt.Sprintf("%08x", id))
+		return ks.SetState(id, core.StatePrimary)
+	})
+	if err != nil {
+		return "", fmt.Errorf("begin index rotation: keyset %q: %w", s.cfg.IndexKeyset, err)
 	}
 	s.log.Info("blind-index rotation begun", "column", col, "index_dek", fmt.Sprintf("%08x", id))
 	if err := s.Reload(ctx); err != nil {
@@ -312,15 +333,52 @@ func (s *Service) FinishIndexRotation(ctx context.Context) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("finish index rotation: commit: %w", err)
 	}
-	// The keyset: the active column's DEK is the primary; every DEK no
-	// column uses is retired. Retired, not deleted: the dropped column was
-	// the only data under it, and deleting is the operator's call.
-	err = s.indexStore.Update(ctx, func(ks *core.Keyset) error {
-		if err := ks.SetState(active.dekID, core.StatePrimary); err != nil {
+	if s.hookFinishCommitted != nil {
+		s.hookFinishCommitted()
+	}
+	if err := s.retireUnusedIndexDEKs(ctx); err != nil {
+		return fmt.Errorf("finish index rotation: keyset %q: %w", s.cfg.IndexKeyset, err)
+	}
+	if err := s.Reload(ctx); err != nil {
+		return fmt.Errorf("finish index rotation: reload: %w", err)
+	}
+	return nil
+}
+
+// retireUnusedIndexDEKs retires in the index keyset every DEK that no
+// blind-index column uses, and makes the active column's DEK the primary
+// unless a column is filling (a rotation began since). Retired, not
+// deleted: a dropped column was the only data under it, and deleting is
+// the operator's call. The columns are read inside the keyset update,
+// under the keyset store's lock: a BeginIndexRotation that committed its
+// column before is seen and its DEK kept; one whose DEK was added but whose
+// column is not committed yet may lose it here, and restores it itself
+// after its commit (see BeginIndexRotation).
+func (s *Service) retireUnusedIndexDEKs(ctx context.Context) error {
+	return s.indexStore.Update(ctx, func(ks *core.Keyset) error {
+		cols, err := readIndexColumns(ctx, s.db)
+		if err != nil {
 			return err
 		}
+		used := map[uint32]bool{}
+		filling := false
+		var active uint32
+		for _, c := range cols {
+			used[c.dekID] = true
+			switch c.state {
+			case IndexFilling:
+				filling = true
+			case IndexActive:
+				active = c.dekID
+			}
+		}
+		if !filling {
+			if err := ks.SetState(active, core.StatePrimary); err != nil {
+				return err
+			}
+		}
 		for _, e := range ks.DEKs {
-			if e.ID != active.dekID && e.State != core.StateRetired {
+			if !used[e.ID] && e.State != core.StateRetired && e.State != core.StatePrimary {
 				if err := ks.SetState(e.ID, core.StateRetired); err != nil {
 					return err
 				}
@@ -329,13 +387,6 @@ func (s *Service) FinishIndexRotation(ctx context.Context) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("finish index rotation: keyset %q: %w", s.cfg.IndexKeyset, err)
-	}
-	if err := s.Reload(ctx); err != nil {
-		return fmt.Errorf("finish index rotation: reload: %w", err)
-	}
-	return nil
 }
 
 // RotateBlindIndex runs the whole rotation on s: begin, backfill, switch,

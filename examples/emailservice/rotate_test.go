@@ -317,3 +317,87 @@ func TestRunCommand(t *testing.T) {
 		t.Fatalf("-rotate-index switch out of order: exit %d, want %d", code, exitUsage)
 	}
 }
+
+// TestFinishRacesNextBegin: admin B finishes a rotation while admin A
+// begins the next one. B's keyset update (retire every DEK no column uses)
+// runs after A's column is committed, or between A's new DEK and A's
+// commit; either way A's new DEK ends up primary and not retired, and the
+// next rotation completes with every user found.
+func TestFinishRacesNextBegin(t *testing.T) {
+	for _, inFlight := range []bool{false, true} {
+		e := newEnv(t)
+		a, _ := e.open(t)
+		b, _ := e.open(t)
+		c := serveHTTP(t, a)
+		ctx := t.Context()
+		alice := c.mustCreate("alice@example.com")
+		if _, err := b.BeginIndexRotation(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.BackfillIndex(ctx, 10); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.SwitchIndex(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Reload(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var next string
+		b.hookFinishCommitted = func() {
+			b.hookFinishCommitted = nil
+			if inFlight {
+				// B's keyset update runs after A added its DEK, before A's
+				// column is committed.
+				a.hookBeginDEKAdded = func() {
+					a.hookBeginDEKAdded = nil
+					if err := b.retireUnusedIndexDEKs(ctx); err != nil {
+						t.Errorf("finish's keyset step inside begin: %v", err)
+					}
+				}
+			}
+			var err error
+			if next, err = a.BeginIndexRotation(ctx); err != nil {
+				t.Errorf("begin during finish: %v", err)
+			}
+		}
+		if err := b.FinishIndexRotation(ctx); err != nil {
+			t.Fatalf("in flight %v: finish: %v", inFlight, err)
+		}
+		if next == "" {
+			t.Fatal("begin did not run")
+		}
+		cols, err := readIndexColumns(ctx, e.raw(t))
+		if err != nil || len(cols) != 2 {
+			t.Fatalf("in flight %v: columns %+v %v", inFlight, cols, err)
+		}
+		var filling uint32
+		for _, col := range cols {
+			if col.state == IndexFilling {
+				filling = col.dekID
+			}
+		}
+		ks := indexKeyset(t, e)
+		if ent, err := ks.Entry(filling); err != nil || ent.State != core.StatePrimary {
+			t.Fatalf("in flight %v: the new rotation's DEK %08x: %+v %v; want primary", inFlight, filling, ent, err)
+		}
+		for _, s := range []*Service{a, b} {
+			if err := s.Reload(ctx); err != nil {
+				t.Fatalf("in flight %v: reload: %v", inFlight, err)
+			}
+		}
+		if _, err := b.BackfillIndex(ctx, 10); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.SwitchIndex(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.FinishIndexRotation(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Reload(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.mustFind("alice@example.com", alice, "alice@example.com")
+	}
+}

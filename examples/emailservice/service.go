@@ -111,6 +111,10 @@ type Service struct {
 	indexStore *sqlstore.SQLStore
 	log        *slog.Logger
 	keys       atomic.Pointer[keys]
+
+	// Test hooks (nil outside tests): between FinishIndexRotation's
+	// commit and its keyset update; after BeginIndexRotation added its DEK.
+	hookFinishCommitted, hookBeginDEKAdded func()
 }
 
 // keys is what one (re)load unwrapped: immutable once stored.

@@ -241,6 +241,13 @@ func TestCreateGetLookup(t *testing.T) {
 	c.mustFind("alice@example.com", alice, "Alice@Example.COM")
 	c.mustFind("  ALICE@example.com  ", alice, "Alice@Example.COM")
 	c.mustFind("BOB@EXAMPLE.COM", bob, "bob@example.com")
+	// POST /users/lookup: the address in the body, not the URL.
+	if r := c.do("POST", "/users/lookup", `{"email": " ALICE@example.com"}`); r.Status != http.StatusOK || r.ID != alice || r.Email != "Alice@Example.COM" {
+		t.Fatalf("POST /users/lookup: %d %s", r.Status, r.Body)
+	}
+	if r := c.do("POST", "/users/lookup", `{"email": "carol@example.com"}`); r.Status != http.StatusNotFound {
+		t.Fatalf("POST /users/lookup of an unknown address: %d %s", r.Status, r.Body)
+	}
 	if r := c.lookup("carol@example.com"); r.Status != http.StatusNotFound {
 		t.Fatalf("lookup of an unknown address: %d %s", r.Status, r.Body)
 	}
@@ -298,6 +305,10 @@ func TestStoredValueIsCiphertextBoundToItsRow(t *testing.T) {
 		r := c.get(id)
 		if r.Status != http.StatusInternalServerError || !strings.Contains(r.Error, "cannot decrypt") || strings.Contains(r.Body, "@") {
 			t.Fatalf("get %d after the swap: %d %s; want 500 saying cannot decrypt", id, r.Status, r.Body)
+		}
+		// The body is a fixed message: the cause (row, DEK id) is logged only.
+		if strings.Contains(r.Body, fmt.Sprintf("user %d", id)) || strings.Contains(r.Body, "DEK") {
+			t.Fatalf("get %d after the swap: the 500 body echoes the error: %s", id, r.Body)
 		}
 	}
 	if r := c.lookup("alice@example.com"); r.Status != http.StatusInternalServerError || strings.Contains(r.Body, "bob") {
@@ -437,6 +448,9 @@ func TestBadInput(t *testing.T) {
 		{"GET", "/users?email=a@b&email=c@d", ``, 400, "exactly one query parameter"},
 		{"GET", "/users?email=a@b&x=1", ``, 400, "exactly one query parameter"},
 		{"GET", "/users?email=nope", ``, 400, "invalid e-mail address"},
+		{"POST", "/users/lookup", `{}`, 400, `missing field "email"`},
+		{"POST", "/users/lookup", `{"email": "nope"}`, 400, "invalid e-mail address"},
+		{"POST", "/users/lookup", `{"email": "a@b", "x": 1}`, 400, "JSON object"},
 	} {
 		r := c.do(tc.method, tc.path, tc.body)
 		if r.Status != tc.status || !strings.Contains(r.Error, tc.msg) {
