@@ -478,11 +478,15 @@ func (a *app) reencryptDryRun(tbl *sqltable.Table, ks *core.Keyset, f *reencrypt
 		res.Job = job.ID
 		target = job.TargetDEK
 	case errors.Is(err, sqltable.ErrNoJob):
+		p, err := ks.Primary()
+		if err != nil {
+			return err
+		}
+		// As a run would: onto the primary with --to-primary, or when the
+		// table's last rotation, onto the primary, is done.
 		if f.toPrimary {
-			p, err := ks.Primary()
-			if err != nil {
-				return err
-			}
+			target = p.ID
+		} else if last, lerr := tbl.LastJob(a.ctx); lerr == nil && last.State == sqltable.JobDone && last.TargetDEK == p.ID {
 			target = p.ID
 		}
 	default:
