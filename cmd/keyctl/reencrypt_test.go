@@ -426,6 +426,11 @@ func TestReencryptKill(t *testing.T) {
 // one is killed; the other finishes, taking the dead one's chunk over once
 // its lease expires.
 func TestReencryptWorkersKill(t *testing.T) {
+	if testing.Short() {
+		// With -short's small table the job ends before a worker can be
+		// killed holding a chunk. CI runs without -short.
+		t.Skip("needs the full-size table to kill a worker mid-job; run without -short")
+	}
 	rows := reRows(t) / 2
 	e := newReEnv(t, "postgres", rows)
 	url := strings.TrimPrefix(e.env[0], reDBEnv+"=")
