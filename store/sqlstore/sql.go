@@ -508,8 +508,21 @@ func (s *SQLStore) SwapAll(ctx context.Context, swaps []core.WrappedSwap) ([]err
 		return nil, s.errf("swap", err)
 	}
 	defer upd.Close()
+	// PostgreSQL: one statement for the whole batch (a round trip per row
+	// would dominate); the rows it did not swap are checked one by one
+	// below, to tell a changed DEK from a missing one.
+	var done, tried map[int]bool
+	if s.d == postgres && exists {
+		if done, tried, err = s.swapBatchPostgres(ctx, tx, swaps); err != nil {
+			return nil, err
+		}
+	}
 	for i, w := range swaps {
-		results[i], err = s.swapOne(ctx, tx, upd, exists, w)
+		if done[i] {
+			continue
+		}
+		// A swap the batch tried and did not make needs only the check.
+		results[i], err = s.swapOne(ctx, tx, upd, exists && !tried[i], w)
 		if err != nil {
 			return nil, err
 		}
@@ -518,6 +531,61 @@ func (s *SQLStore) SwapAll(ctx context.Context, swaps []core.WrappedSwap) ([]err
 		return nil, s.errf("swap: commit", err)
 	}
 	return results, nil
+}
+
+// swapBatchPostgres swaps, in one UPDATE ... FROM unnest(...), every swap of
+// the batch whose DEK still holds Prev, and returns the indexes it swapped.
+// Swaps it cannot marshal, and an id's second swap in the batch, are left
+// to swapOne; tried holds the indexes the statement tried.
+func (s *SQLStore) swapBatchPostgres(ctx context.Context, tx *sql.Tx, swaps []core.WrappedSwap) (done, tried map[int]bool, err error) {
+	tried = make(map[int]bool, len(swaps))
+	ids := make([]int64, 0, len(swaps))
+	prevs := make([]string, 0, len(swaps))
+	nexts := make([]string, 0, len(swaps))
+	index := make(map[int64]int, len(swaps))
+	for i, w := range swaps {
+		if w.Prev == nil || w.Next == nil {
+			continue
+		}
+		if _, dup := index[int64(w.ID)]; dup {
+			continue
+		}
+		pt, err1 := w.Prev.MarshalText()
+		nt, err2 := w.Next.MarshalText()
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		index[int64(w.ID)] = i
+		tried[i] = true
+		ids = append(ids, int64(w.ID))
+		prevs = append(prevs, string(pt))
+		nexts = append(nexts, string(nt))
+	}
+	done = make(map[int]bool, len(ids))
+	if len(ids) == 0 {
+		return done, tried, nil
+	}
+	rows, err := tx.QueryContext(ctx, `UPDATE keyctl_deks AS d SET wrapped = u.next
+		FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, prev, next)
+		WHERE d.keyset = $4 AND d.id = u.id AND d.wrapped = u.prev
+		RETURNING d.id`, ids, prevs, nexts, s.keyset)
+	if err != nil {
+		return nil, nil, s.errf("swap", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, nil, s.errf("swap", err)
+		}
+		if i, ok := index[id]; ok {
+			done[i] = true
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, s.errf("swap", err)
+	}
+	return done, tried, nil
 }
 
 // swapOne returns the swap's own outcome, or err if the store failed.

@@ -199,6 +199,34 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 			t.Fatalf("all-refused SwapAll: %v, %v", res, err)
 		}
 	})
+	t.Run("SwapAllSameIDTwice", func(t *testing.T) {
+		// Swaps of one DEK in one batch apply in order, as one by one.
+		b := newBackend(t)
+		s := b.Open(t)
+		want := sampleKeyset(2)
+		if err := s.Update(t.Context(), func(ks *core.Keyset) error { ks.DEKs = want.DEKs; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		d := want.DEKs[1]
+		a, c, x := wrapped("a", 1), wrapped("c", 1), wrapped("x", 1)
+		res, err := s.SwapAll(t.Context(), []core.WrappedSwap{
+			{ID: d.ID, Prev: d.Wrapped, Next: a}, // ok
+			{ID: d.ID, Prev: a, Next: c},         // ok: after the first
+			{ID: d.ID, Prev: d.Wrapped, Next: x}, // stale by now
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0] != nil || res[1] != nil || !errors.Is(res[2], core.ErrConflict) {
+			t.Fatalf("results %v, want nil, nil, conflict", res)
+		}
+		want.DEKs[1].Wrapped = c
+		got, err := b.Open(t).Load(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameKeyset(t, got, want)
+	})
 	t.Run("ConcurrentWriters", func(t *testing.T) {
 		// Goroutines on two handles each add DEKs through Update and swap
 		// wraps with compare-and-swap retries; no change may be lost.
