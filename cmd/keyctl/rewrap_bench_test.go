@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keyctl/keyctl/core"
+	"github.com/keyctl/keyctl/internal/pgtest"
 	"github.com/keyctl/keyctl/providers/awskms"
 	"github.com/keyctl/keyctl/providers/awskms/awskmstest"
 	"github.com/keyctl/keyctl/providers/localfile"
@@ -74,12 +75,19 @@ func sqliteKeysetConfig(tb testing.TB, dir string) string {
 // the keyset for each new id and primary).
 func fillKeyset(tb testing.TB, path string, ring *core.Keyring, n int) {
 	tb.Helper()
-	ctx := context.Background()
-	st, err := sqlstore.OpenSQLite(ctx, path, sqlstore.Options{})
+	st, err := sqlstore.OpenSQLite(context.Background(), path, sqlstore.Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer st.Close()
+	fillStore(tb, st, ring, n)
+}
+
+// fillStore is fillKeyset for any store.
+func fillStore(tb testing.TB, st core.KeysetStore, ring *core.Keyring, n int) {
+	tb.Helper()
+	ctx := context.Background()
+	var err error
 	used := map[uint32]bool{}
 	now := time.Now().UTC().Truncate(time.Second)
 	for done := 0; done < n; {
@@ -196,6 +204,41 @@ func BenchmarkRewrapKeyset(b *testing.B) {
 		b.Run("impl=keyctl", func(b *testing.B) {
 			runRewrapBench(b, cfg, n, rotateFirst(b, cfg))
 		})
+	})
+}
+
+// BenchmarkRewrapKeysetPostgres is the local-file case of
+// BenchmarkRewrapKeyset with the keyset in PostgreSQL (a throwaway loopback
+// cluster).
+func BenchmarkRewrapKeysetPostgres(b *testing.B) {
+	n := benchDEKs(b, "KEYCTL_BENCH_DEKS", 100_000)
+	url := pgtest.Start(b)
+	b.Setenv("KEYCTL_BENCH_KEYSET_URL", url)
+	dir := b.TempDir()
+	if code, _, stderr := runKeyctl(nil, "init", "--dir", dir); code != 0 {
+		b.Fatalf("init: %s", stderr)
+	}
+	cfg := filepath.Join(dir, "keyctl.hcl")
+	src, err := os.ReadFile(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(src), `file = "keyset.json"`, `postgres = env("KEYCTL_BENCH_KEYSET_URL")`, 1)), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	lp, err := localfile.Open(filepath.Join(dir, "kek.json"), localfile.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ring, _ := core.NewKeyring(lp)
+	st, err := sqlstore.OpenPostgres(context.Background(), url, sqlstore.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	fillStore(b, st, ring, n)
+	st.Close()
+	b.Run("impl=keyctl", func(b *testing.B) {
+		runRewrapBench(b, cfg, n, rotateFirst(b, cfg))
 	})
 }
 
