@@ -435,7 +435,9 @@ func TestReencryptWorkersKill(t *testing.T) {
 	e := newReEnv(t, "postgres", rows)
 	url := strings.TrimPrefix(e.env[0], reDBEnv+"=")
 	args := append([]string{"reencrypt", "--table", "users", "--key", "id", "--column", "email", "--progress", "none",
-		"--batch", "200", "--worker", "--lease", "2s", "--chunk-keys", strconv.Itoa(max(rows/10, 100))}, e.dbArgs...) // 10 chunks (also with -short)
+		// Small batches make a chunk last long enough (hundreds of
+		// transactions) for the test to kill A while it holds one.
+		"--batch", "20", "--worker", "--lease", "2s", "--chunk-keys", strconv.Itoa(max(rows/10, 100))}, e.dbArgs...) // 10 chunks
 	ctx, stop := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -452,17 +454,19 @@ func TestReencryptWorkersKill(t *testing.T) {
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// Kill A once it holds a chunk with committed batches.
+	// Kill A as soon as it holds a chunk with committed batches (its own:
+	// lease owner host:PID:random), at a random point a little later.
 	deadline := time.Now().Add(60 * time.Second)
+	ownedByA := fmt.Sprintf("%%:%d:%%", a.Process.Pid)
 	for {
 		var n int
-		_ = e.db.SQL().QueryRow(`SELECT COUNT(*) FROM keyctl_reencrypt_chunks WHERE state = 'running' AND checkpoint IS NOT NULL`).Scan(&n)
-		if n >= 2 || time.Now().After(deadline) {
+		_ = e.db.SQL().QueryRow(`SELECT COUNT(*) FROM keyctl_reencrypt_chunks WHERE state = 'running' AND checkpoint IS NOT NULL AND lease_owner LIKE $1`, ownedByA).Scan(&n)
+		if n >= 1 || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
-	time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
+	time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
 	_ = syscall.Kill(-a.Process.Pid, syscall.SIGKILL)
 	_ = a.Wait()
 	killed := time.Now()
