@@ -235,15 +235,18 @@ func (rw *Rewrapper) storePage(ctx context.Context, st KeysetStore, p bulkPage, 
 		case AlreadyCurrent:
 			stats.AlreadyCurrent++
 		case Rewrapped:
-			err := swapErr[i]
+			status, err := Rewrapped, swapErr[i]
 			if errors.Is(err, ErrConflict) {
 				stats.Conflicts++
-				err = rw.retryConflict(ctx, st, id)
+				status, err = rw.retryConflict(ctx, st, id)
 			}
-			if err != nil {
+			switch {
+			case err != nil:
 				stats.fail(id, err, keep)
-			} else {
+			case status == Rewrapped:
 				stats.Rewrapped++
+			default:
+				stats.AlreadyCurrent++
 			}
 		default:
 			stats.fail(id, r.Err, keep)
@@ -253,32 +256,34 @@ func (rw *Rewrapper) storePage(ctx context.Context, st KeysetStore, p bulkPage, 
 }
 
 // retryConflict reads DEK id again and rewraps and stores it alone, a few
-// times, as another writer changed it since the page was read.
-func (rw *Rewrapper) retryConflict(ctx context.Context, st KeysetStore, id uint32) error {
+// times, as another writer changed it since the page was read. It returns
+// AlreadyCurrent when the new record needs nothing (or the DEK was deleted
+// meanwhile: nothing is left to rewrap).
+func (rw *Rewrapper) retryConflict(ctx context.Context, st KeysetStore, id uint32) (RewrapStatus, error) {
 	var err error
 	for range conflictRetries {
 		var page []KeysetEntry
 		page, err = st.Entries(ctx, id-1, 1)
 		if err != nil {
-			return err
+			return RewrapFailed, err
 		}
 		if len(page) == 0 || page[0].ID != id {
-			return nil // deleted meanwhile: nothing to rewrap
+			return AlreadyCurrent, nil
 		}
 		e := page[0]
 		out, status, rerr := rw.Rewrap(ctx, e.Wrapped, e.Context())
-		if rerr != nil {
-			return rerr
-		}
-		if status == AlreadyCurrent {
-			return nil
+		if rerr != nil || status == AlreadyCurrent {
+			return status, rerr
 		}
 		err = st.SwapWrapped(ctx, id, e.Wrapped, out)
+		if err == nil {
+			return Rewrapped, nil
+		}
 		if !errors.Is(err, ErrConflict) {
-			return err
+			return RewrapFailed, err
 		}
 	}
-	return fmt.Errorf("changed by another writer %d times in a row; run again: %w", conflictRetries, err)
+	return RewrapFailed, fmt.Errorf("changed by another writer %d times in a row; run again: %w", conflictRetries, err)
 }
 
 // dryRun counts what RewrapStore would do, from labels alone.

@@ -14,8 +14,8 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	"github.com/keyctl/keyctl/core"
-	msqlite "modernc.org/sqlite" // also the database/sql driver "sqlite"
-	sqlite3 "modernc.org/sqlite/lib"
+	"github.com/keyctl/keyctl/internal/sqlitex"
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 )
 
 // dialect is what differs between SQLite and PostgreSQL.
@@ -80,7 +80,9 @@ func OpenSQLite(ctx context.Context, path string, o Options) (*SQLStore, error) 
 			return nil, fmt.Errorf("keyset store sqlite %s: %w", path, err)
 		}
 		s, err := open(ctx, db, sqlite, "sqlite "+path, o)
-		if err == nil || !sqliteBusy(err) || time.Now().Add(delay).After(deadline) {
+		// The migration's errors may carry the driver's only as text.
+		busy := err != nil && (sqlitex.Busy(err, false) || strings.Contains(err.Error(), "SQLITE_BUSY"))
+		if !busy || time.Now().Add(delay).After(deadline) {
 			return s, err
 		}
 		select {
@@ -113,15 +115,6 @@ func checkSQLiteFile(path string) error {
 		return fmt.Errorf("keyset store sqlite %s has mode %04o: it is writable by group or others (chmod 600): %w", path, fi.Mode().Perm(), core.ErrPermission)
 	}
 	return nil
-}
-
-// sqliteBusy reports whether err is SQLite's "database is locked".
-func sqliteBusy(err error) bool {
-	var se *msqlite.Error
-	if errors.As(err, &se) {
-		return se.Code()&0xff == sqlite3.SQLITE_BUSY
-	}
-	return strings.Contains(err.Error(), "SQLITE_BUSY")
 }
 
 // OpenPostgres connects to the PostgreSQL database at url (a libpq URL or

@@ -51,10 +51,19 @@ var (
 	ErrBusy = errors.New("another keyctl reencrypt is running on this table")
 )
 
+// schema is the job tables' DDL; only the job id column differs between
+// the dialects.
 var schema = map[dialect][]string{
-	sqlite: {
+	sqlite:   jobSchema("id INTEGER PRIMARY KEY AUTOINCREMENT"),
+	postgres: jobSchema("id BIGSERIAL PRIMARY KEY"),
+}
+
+// jobSchema returns the statements that create and update the job tables,
+// with idColumn as the job table's id column.
+func jobSchema(idColumn string) []string {
+	return []string{
 		`CREATE TABLE IF NOT EXISTS keyctl_reencrypt_jobs (
-			id INTEGER PRIMARY KEY AUTOINCREMENT,
+			` + idColumn + `,
 			tbl TEXT NOT NULL,
 			key_col TEXT NOT NULL,
 			cols TEXT NOT NULL,
@@ -79,35 +88,7 @@ var schema = map[dialect][]string{
 			lease_until BIGINT,
 			checkpoint BIGINT,
 			PRIMARY KEY (job_id, chunk))`,
-	},
-	postgres: {
-		`CREATE TABLE IF NOT EXISTS keyctl_reencrypt_jobs (
-			id BIGSERIAL PRIMARY KEY,
-			tbl TEXT NOT NULL,
-			key_col TEXT NOT NULL,
-			cols TEXT NOT NULL,
-			aad TEXT NOT NULL,
-			prev_dek BIGINT NOT NULL,
-			target_dek BIGINT,
-			state TEXT NOT NULL,
-			created BIGINT NOT NULL,
-			finished BIGINT,
-			moved TEXT)`,
-		// Schema 1 had the index keyctl_reencrypt_jobs_open, WHERE state <>
-		// 'done'; an abandoned job is not open either.
-		`DROP INDEX IF EXISTS keyctl_reencrypt_jobs_open`,
-		`CREATE UNIQUE INDEX IF NOT EXISTS keyctl_reencrypt_jobs_open2 ON keyctl_reencrypt_jobs (tbl) WHERE state IN ('new-dek', 'running')`,
-		`CREATE TABLE IF NOT EXISTS keyctl_reencrypt_chunks (
-			job_id BIGINT NOT NULL,
-			chunk INTEGER NOT NULL,
-			lo BIGINT NOT NULL,
-			hi BIGINT NOT NULL,
-			state TEXT NOT NULL,
-			lease_owner TEXT,
-			lease_until BIGINT,
-			checkpoint BIGINT,
-			PRIMARY KEY (job_id, chunk))`,
-	},
+	}
 }
 
 // migrate creates the job tables if needed. Concurrent first runs may race

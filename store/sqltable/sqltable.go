@@ -32,8 +32,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	"github.com/keyctl/keyctl/core"
-	msqlite "modernc.org/sqlite" // also the database/sql driver "sqlite"
-	sqlite3 "modernc.org/sqlite/lib"
+	"github.com/keyctl/keyctl/internal/sqlitex"
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 )
 
 type dialect int
@@ -83,7 +83,7 @@ func OpenSQLite(ctx context.Context, path string) (*DB, error) {
 		if err == nil {
 			_, err = db.ExecContext(ctx, "PRAGMA journal_mode=WAL")
 		}
-		if err == nil || !sqliteBusy(err) || time.Now().After(deadline) {
+		if err == nil || !sqlitex.Busy(err, false) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -136,20 +136,7 @@ func retryable(err error) bool {
 	if errors.As(err, &pe) {
 		return pe.Code == "40P01" || pe.Code == "40001"
 	}
-	var se *msqlite.Error
-	if errors.As(err, &se) {
-		c := se.Code() & 0xff
-		return c == sqlite3.SQLITE_BUSY || c == sqlite3.SQLITE_LOCKED
-	}
-	return false
-}
-
-func sqliteBusy(err error) bool {
-	var se *msqlite.Error
-	if errors.As(err, &se) {
-		return se.Code()&0xff == sqlite3.SQLITE_BUSY
-	}
-	return strings.Contains(err.Error(), "SQLITE_BUSY")
+	return sqlitex.Busy(err, true)
 }
 
 // quote returns name as a quoted identifier; name must have passed
